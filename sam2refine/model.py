@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from sam2refine.errors import CheckpointError, SAM2RefineError
-from sam2refine.weights import load_catalogue
+from sam2refine.weights import get_entry, load_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,11 @@ def build_model(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    catalogue = load_catalogue()
-    if name not in catalogue:
-        raise SAM2RefineError(
-            f"Unknown model '{name}'. Available models: {', '.join(sorted(catalogue))}."
-        )
+    config = get_entry(name).config
     overrides = image_size_overrides(image_size) + _VIDEO_OVERRIDES
     if predictor:
         overrides.append("++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor")
-    cfg = compose(config_name=catalogue[name].config, overrides=overrides)
+    cfg = compose(config_name=config, overrides=overrides)
     OmegaConf.resolve(cfg)
     model = instantiate(cfg.model, _recursive_=True)
     if checkpoint is not None:

@@ -103,5 +103,7 @@ def mask_box_and_interior(mask: np.ndarray) -> tuple[tuple[int, int, int, int], 
         )
     )[1:-1, 1:-1]
     distance[~mask.astype(bool)] = -np.inf
-    r, c = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    # Elongated shapes have a ridge of equally deep pixels: take the one nearest its middle.
+    ridge = np.argwhere(distance >= distance.max() - 0.5)
+    r, c = ridge[np.argmin(((ridge - ridge.mean(axis=0)) ** 2).sum(axis=1))]
     return box, (int(r), int(c))

@@ -30,6 +30,7 @@ from sam2refine.slicing import model_transform, slice_stack
 from sam2refine.volume import Volume
 
 Progress = Callable[[int, int], None]
+_EXACT_LOGIT = 10.0  # what SAM 2 itself gives a mask used as output (sigmoid scale 20, bias -10)
 
 
 @dataclass
@@ -286,6 +287,8 @@ class Session:
             inputs = decoder_inputs(prompts, self.transform, prev_logits, self.device)
             out = self._step(o, frame, prompts.initial, inputs.point_inputs, inputs.mask_inputs,
                              reverse, inputs.prev_logits, memory_exclude=frame)
+        if prompts.mask is not None and prompts.mask_mode == "exact":
+            out["exact_mask"] = torch.from_numpy(prompts.mask.copy())
         o.cond[frame] = out
         o.tracked.pop(frame, None)
         o.stale.discard(frame)
@@ -339,12 +342,18 @@ class Session:
         return SliceFeatures([f.float() for f in feats], [p.float() for p in pos], sizes)
 
     def _frame_logits(self, outs: list[dict]) -> torch.Tensor:
-        """Low-resolution logits of several outputs -> (B, H, W) on the slice grid."""
+        """Logits of several outputs -> (B, H, W) on the slice grid. An exact mask prompt
+        is returned at the slice's own resolution, not through SAM 2's low-res copy."""
         low = torch.cat([out["pred_masks"] for out in outs]).float()
         size = self.model.image_size
         full = torch.nn.functional.interpolate(low, (size, size), mode="bilinear",
                                                align_corners=False)
-        return self.transform.logits_to_frame(full)[:, 0]
+        logits = self.transform.logits_to_frame(full)[:, 0]
+        for index, out in enumerate(outs):
+            exact = out.get("exact_mask")
+            if exact is not None:
+                logits[index] = torch.where(exact, _EXACT_LOGIT, -_EXACT_LOGIT)
+        return logits
 
     def _resolve_overlaps(self, frame: int, present: list[tuple[int, dict]]) -> np.ndarray:
         logits = self._frame_logits([out for _, out in present])

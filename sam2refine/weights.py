@@ -126,11 +126,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def resolve_checkpoint(
-    model: str,
-    checkpoint: str | Path | None = None,
-    download: bool = True,
-    progress: bool = True,
-    cancel: threading.Event | None = None,
+    model: str, checkpoint: str | Path | None = None, download: bool = True,
+    progress: bool = True, cancel: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Path of the weights to load for `model`.
@@ -161,11 +158,8 @@ def resolve_checkpoint(
 
 
 def download(
-    entry: WeightsEntry,
-    dest_dir: str | Path,
-    progress: bool = True,
-    cancel: threading.Event | None = None,
-    on_progress: ProgressCallback | None = None,
+    entry: WeightsEntry, dest_dir: str | Path, progress: bool = True,
+    cancel: threading.Event | None = None, on_progress: ProgressCallback | None = None,
     url: str | None = None,
 ) -> Path:
     """Download `entry` into `dest_dir`, verify size and SHA-256, and return the final path.
@@ -215,15 +209,9 @@ def _unreachable(entry: WeightsEntry, url: str, final: Path, exc: Exception) -> 
     )
 
 
-def _stream(
-    entry: WeightsEntry,
-    url: str,
-    final: Path,
-    part: Path,
-    progress: bool,
-    cancel: threading.Event | None,
-    on_progress: ProgressCallback | None,
-) -> tuple[str, int]:
+def _stream(entry: WeightsEntry, url: str, final: Path, part: Path, progress: bool,
+            cancel: threading.Event | None, on_progress: ProgressCallback | None,
+            ) -> tuple[str, int]:
     """Copy the response into `part`, hashing as it goes; returns (sha256 hex, byte count)."""
     request = urllib.request.Request(url, headers={"User-Agent": "sam2refine"})
     try:
@@ -269,6 +257,7 @@ def _stream(
 
 
 def _open_part(part: Path) -> BinaryIO:
+    """Open the partial file; a failure names the folder problem instead of a bare OSError."""
     try:
         return open(part, "wb")  # noqa: SIM115 (closed by the caller's with-statement)
     except OSError as exc:
