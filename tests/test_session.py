@@ -186,3 +186,15 @@ def test_bad_prompts_get_clear_errors(session, call, message):
     obj = session.add_object("organ")
     with pytest.raises(PromptError, match=message):
         call(session, obj)
+
+
+def test_coronal_session_slices_along_the_anterior_posterior_axis(tiny_model, phantom):
+    session = Session(tiny_model, phantom, axis="coronal")
+    assert session.num_frames == phantom.voxels.shape[1]  # j runs anterior-posterior here
+    obj = session.add_object("organ")
+    mask = np.zeros((session.stack.height, session.stack.width), bool)
+    mask[3:9, 10:30] = True
+    session.set_mask(obj, 17, mask, mode="exact")
+    k, j, i = np.nonzero(session.label_volume().voxels)
+    assert set(j) == {int(session.stack.frc_to_ijk([[17, 0, 0]])[0, 1])}
+    assert len(k) == mask.sum()
