@@ -29,6 +29,15 @@ def tiny_model(tiny_checkpoint):
     return build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu")
 
 
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """Rotation matrix about voxel axis 0, 1 or 2, for oblique test geometries."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    a, b = [n for n in range(3) if n != axis]
+    rot = np.eye(3)
+    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
+    return rot
+
+
 def make_phantom(shape_kji=(12, 40, 48), seed: int = 0) -> Volume:
     """CT-like phantom: body at 40 HU in -900 HU air, a brighter ellipsoid organ, noise.
 

@@ -23,6 +23,7 @@ from sam2refine.export import (
     write_segmentation,
 )
 from sam2refine.volume import Volume
+from tests.conftest import rotation
 
 TERMINOLOGY = (
     "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -31,18 +32,10 @@ TERMINOLOGY = (
 )
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    a, b = [n for n in range(3) if n != axis]
-    rot = np.eye(3)
-    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
-    return rot
-
-
 @pytest.fixture
 def labelmap() -> Volume:
     """Labelmap on an oblique, anisotropic grid with distinct sizes along i, j, k."""
-    direction = np.diag([-1.0, -1.0, 1.0]) @ _rotation(2, 12.0) @ _rotation(0, 7.0)
+    direction = np.diag([-1.0, -1.0, 1.0]) @ rotation(2, 12.0) @ rotation(0, 7.0)
     voxels = np.zeros((7, 9, 11), dtype=np.int32)  # [k, j, i]
     voxels[1:4, 2:6, 3:9] = 1
     voxels[5, 1, 2] = 3

@@ -18,6 +18,7 @@ from sam2refine.slicing import (
     slice_stack,
 )
 from sam2refine.volume import Volume
+from tests.conftest import rotation
 
 # Direction in LPS that frame, row and column indices must increase along, per view.
 EXPECTED = {
@@ -25,14 +26,6 @@ EXPECTED = {
     "coronal": ([0, -1, 0], [0, 0, -1], [1, 0, 0]),  # P->A, S->I, R->L
     "sagittal": ([1, 0, 0], [0, 0, -1], [0, 1, 0]),  # R->L, S->I, A->P
 }
-
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    a, b = [n for n in range(3) if n != axis]
-    rot = np.eye(3)
-    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
-    return rot
 
 
 def _signed_permutations() -> list[np.ndarray]:
@@ -49,9 +42,9 @@ def _signed_permutations() -> list[np.ndarray]:
 
 DIRECTIONS = [
     *_signed_permutations(),
-    _rotation(2, 30.0) @ np.diag([-1.0, -1.0, 1.0]),
-    _rotation(0, 25.0) @ _rotation(1, -20.0),
-    _rotation(1, 40.0) @ _signed_permutations()[13],
+    rotation(2, 30.0) @ np.diag([-1.0, -1.0, 1.0]),
+    rotation(0, 25.0) @ rotation(1, -20.0),
+    rotation(1, 40.0) @ _signed_permutations()[13],
 ]
 
 
@@ -124,9 +117,9 @@ def test_k_axis_along_posterior_is_the_coronal_frame_axis():
 
 
 def test_oblique_volume_uses_the_dominant_axis():
-    slight = _volume(_rotation(0, 30.0))  # k tilted 30 degrees towards y: still axial
+    slight = _volume(rotation(0, 30.0))  # k tilted 30 degrees towards y: still axial
     assert slice_stack(slight).perm[0] == 2
-    steep = _volume(_rotation(0, 60.0))  # k now closer to y than to z
+    steep = _volume(rotation(0, 60.0))  # k now closer to y than to z
     stack = slice_stack(steep)
     assert stack.perm[0] == 1
     assert len(set(stack.perm)) == 3

@@ -11,17 +11,9 @@ import SimpleITK as sitk
 
 from sam2refine.errors import VolumeError
 from sam2refine.volume import Volume, load_label_volume, load_volume, resample_to
+from tests.conftest import rotation
 
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    a, b = [n for n in range(3) if n != axis]
-    rot = np.eye(3)
-    rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c, -s, s, c
-    return rot
-
-
-OBLIQUE = np.diag([-1.0, -1.0, 1.0]) @ _rotation(2, 12.0) @ _rotation(0, 7.0)
+OBLIQUE = np.diag([-1.0, -1.0, 1.0]) @ rotation(2, 12.0) @ rotation(0, 7.0)
 
 
 def _volume(shape_kji=(6, 7, 8), direction=OBLIQUE, dtype=np.int16, seed: int = 0) -> Volume:
@@ -103,7 +95,7 @@ def test_with_voxels_and_same_geometry():
 # ----- reading ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".mhd"])
 def test_every_file_format_keeps_its_geometry(tmp_path, suffix):
-    volume = _volume(direction=_rotation(1, 20.0) @ np.diag([1.0, -1.0, 1.0]))
+    volume = _volume(direction=rotation(1, 20.0) @ np.diag([1.0, -1.0, 1.0]))
     path = _write(volume.to_sitk(), tmp_path / f"image{suffix}")
     loaded = load_volume(path)
     np.testing.assert_array_equal(loaded.voxels, volume.voxels)
@@ -254,7 +246,7 @@ def test_resampling_onto_a_finer_oblique_grid_keeps_label_values():
     coarse.voxels[1:3, 1:4, 2:5] = 300
     coarse.voxels[3, 4, 5] = 7
     fine = Volume(np.zeros((12, 12, 14), np.int16), (1.0, 1.0, 1.0), (-1.0, -1.0, -1.0),
-                  _rotation(2, 3.0))
+                  rotation(2, 3.0))
     out = resample_to(coarse, fine)
     assert out.same_geometry(fine)
     assert out.voxels.dtype == np.uint16
