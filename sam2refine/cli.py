@@ -76,7 +76,7 @@ def _segment(args: argparse.Namespace) -> int:
     log.info("Volume %s: %d %s slices; model %s at %d px on %s", args.volume,
              session.num_frames, args.axis, args.model, args.image_size, device)
     ids = apply_prompts(session, prompts)
-    with tqdm(total=0, desc="propagating", unit="slice") as bar:
+    with tqdm(total=0, desc="propagating (slices x segments)", unit="step") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.n = done

@@ -129,10 +129,7 @@ def _apply_mask(session: Session, obj: int, spec: dict, base_dir: Path) -> None:
     labels = load_label_volume(path, session.volume)
     value = spec.get("value")
     mask = labels.voxels > 0 if value is None else labels.voxels == int(value)
-    frames = session.stack.frames(mask)
-    if not frames.any():
+    if not mask.any():
         which = "" if value is None else f" with value {value}"
         raise PromptError(f"Mask file {path} has no voxels{which} on this image.")
-    slices = spec.get("slices") or [int(frames.reshape(len(frames), -1).sum(1).argmax())]
-    for frame in slices:
-        session.set_mask(obj, int(frame), frames[int(frame)], spec.get("mode", "refine"))
+    session.set_mask_volume(obj, mask, spec.get("slices"), spec.get("mode", "refine"))

@@ -184,6 +184,25 @@ class Session:
         prompts.points, prompts.box, prompts.mask, prompts.mask_mode = [], None, mask, mode
         return self._run_prompt(o, frame)
 
+    def set_mask_volume(
+        self, obj: int | str, mask: np.ndarray, frames: Iterable[int] | None = None,
+        mode: str = "refine",
+    ) -> list[SliceResult]:
+        """Prompt with a 3D mask on the image grid ([k, j, i], e.g. a segment or a coarse
+        label), on the given slices or, by default, on the slice where it is largest."""
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != self.volume.voxels.shape:
+            raise PromptError(
+                f"Mask volume has shape {mask.shape}; the image is {self.volume.voxels.shape} "
+                "([k, j, i]). Resample it onto the image grid first."
+            )
+        stacked = self.stack.frames(mask)
+        if frames is None:
+            if not stacked.any():
+                raise PromptError("The mask volume is empty: there is nothing to prompt with.")
+            frames = [int(stacked.reshape(len(stacked), -1).sum(1).argmax())]
+        return [self.set_mask(obj, int(f), stacked[int(f)], mode) for f in frames]
+
     def clear_prompts(self, obj: int | str, frame: int) -> None:
         """Forget the prompts of `obj` on `frame`; the next propagate() fills the slice again."""
         o = self._editable(obj)

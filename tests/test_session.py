@@ -198,3 +198,17 @@ def test_coronal_session_slices_along_the_anterior_posterior_axis(tiny_model, ph
     k, j, i = np.nonzero(session.label_volume().voxels)
     assert set(j) == {int(session.stack.frc_to_ijk([[17, 0, 0]])[0, 1])}
     assert len(k) == mask.sum()
+
+
+def test_mask_volume_prompts_its_largest_slice(session):
+    obj = session.add_object("organ")
+    mask = np.zeros(session.volume.voxels.shape, bool)
+    mask[3, 10:14, 10:14] = True
+    mask[7, 8:30, 8:30] = True
+    (result,) = session.set_mask_volume(obj, mask, mode="exact")
+    assert result.frame == 7
+    assert result.mask.sum() == 22 * 22
+    with pytest.raises(PromptError, match="Resample it onto the image grid"):
+        session.set_mask_volume(obj, mask[:5])
+    with pytest.raises(PromptError, match="empty"):
+        session.set_mask_volume(obj, np.zeros_like(mask))
