@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sam2refine.errors import VolumeError
-from sam2refine.slicing import ModelTransform
+from sam2refine.model_transform import ModelTransform
 
 # name -> (level, width) in Hounsfield units; common radiology display windows.
 CT_WINDOWS: dict[str, tuple[float, float]] = {

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from sam2refine.errors import PromptError
-from sam2refine.slicing import ModelTransform
+from sam2refine.model_transform import ModelTransform
 
 MASK_MODES = ("refine", "exact")
 # SAM 2 turns a binary mask into logits this way before its memory encoder (sigmoid 20x - 10).

@@ -24,9 +24,10 @@ from sam2refine.errors import CancelledError, PromptError, SAM2RefineError
 from sam2refine.features import FeatureCache, SliceFeatures
 from sam2refine.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
 from sam2refine.model import inference_context
+from sam2refine.model_transform import model_transform
 from sam2refine.prompt_geometry import PromptGeometry
 from sam2refine.prompting import MASK_MODES, FramePrompts, decoder_inputs
-from sam2refine.slicing import model_transform, slice_stack
+from sam2refine.slicing import slice_stack
 from sam2refine.volume import Volume
 
 Progress = Callable[[int, int], None]

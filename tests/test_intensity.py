@@ -18,7 +18,8 @@ from sam2refine.intensity import (
     parse_preset,
     to_model_tensor,
 )
-from sam2refine.slicing import SliceStack, model_transform, slice_stack
+from sam2refine.model_transform import model_transform
+from sam2refine.slicing import SliceStack, slice_stack
 
 
 def test_presets_parse():
