@@ -27,6 +27,7 @@ from sam2refine.model import inference_context
 from sam2refine.model_transform import model_transform
 from sam2refine.prompt_geometry import PromptGeometry
 from sam2refine.prompting import MASK_MODES, FramePrompts, decoder_inputs
+from sam2refine.results import ObjectInfo, SliceResult
 from sam2refine.slicing import slice_stack
 from sam2refine.volume import Volume
 
@@ -53,16 +54,6 @@ class SegmentObject:
     def memory(self, exclude: int | None = None) -> dict[str, dict[int, dict]]:
         cond = {f: o for f, o in self.cond.items() if f != exclude}
         return {"cond_frame_outputs": cond, "non_cond_frame_outputs": self.tracked}
-
-
-@dataclass
-class SliceResult:
-    """The mask of one object on one slice, returned at once by every prompt."""
-
-    obj_id: int
-    frame: int
-    mask: np.ndarray  # (H, W) bool, in the slice stack's display orientation
-    object_score: float  # SAM 2's object-presence logit (> 0: object present)
 
 
 class Session:
@@ -117,6 +108,13 @@ class Session:
             return self.objects[obj]
         known = ", ".join(f"{o.obj_id}:{o.name}" for o in self.objects.values()) or "none"
         raise PromptError(f"Unknown object {obj!r}; known objects: {known}. Add it first.")
+
+    def describe(self) -> list[ObjectInfo]:
+        """Plain summary of every object (what a remote client or a UI lists)."""
+        return [
+            ObjectInfo(o.obj_id, o.name, o.locked, sorted(o.prompts), sorted(o.tracked))
+            for o in self.objects.values()
+        ]
 
     def remove_object(self, obj: int | str) -> None:
         del self.objects[self.object(obj).obj_id]
