@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ class Session:
         prompts = self._prompts_for(o, frame)
         prompts.mask = None
         prompts.points += [(float(r), float(c), v) for (r, c), v in zip(rc, labels)]
-        return self._run_prompt(o, frame)
+        return self._run_prompt(o, frame, prompts)
 
     def set_box(
         self,
@@ -159,7 +159,7 @@ class Session:
         prompts = self._prompts_for(o, frame)
         prompts.mask = None
         prompts.box = box
-        return self._run_prompt(o, frame)
+        return self._run_prompt(o, frame, prompts)
 
     def set_mask(
         self, obj: int | str, frame: int, mask: np.ndarray, mode: str = "refine"
@@ -181,7 +181,7 @@ class Session:
             )
         prompts = self._prompts_for(o, frame)
         prompts.points, prompts.box, prompts.mask, prompts.mask_mode = [], None, mask, mode
-        return self._run_prompt(o, frame)
+        return self._run_prompt(o, frame, prompts)
 
     def set_mask_volume(
         self, obj: int | str, mask: np.ndarray, frames: Iterable[int] | None = None,
@@ -227,9 +227,8 @@ class Session:
         `frame_range` (inclusive) limits the work to those slices. Cancelling stops between
         slices (raising `CancelledError`); finished slices are kept and the rest stay pending.
         """
-        chosen = [self.object(o) for o in objects] if objects is not None else list(
-            self.objects.values())
-        chosen = [o for o in chosen if o.cond and not o.locked]
+        picked = self.objects.values() if objects is None else [self.object(o) for o in objects]
+        chosen = list({o.obj_id: o for o in picked if o.cond and not o.locked}.values())
         lo, hi = self.geometry.frame_range(frame_range)
         plan = _plan(chosen, lo, hi)
         total, done = sum(len(objs) for _, _, objs in plan), 0
@@ -273,7 +272,7 @@ class Session:
             present = [(i, self.objects[i].output(f)) for i in ids]
             present = [(i, out) for i, out in present if out is not None]
             if present:
-                labels[f] = self._resolve_overlaps(f, present).astype(dtype)
+                labels[f] = self._resolve_overlaps(present).astype(dtype)
         return self.volume.with_voxels(self.stack.to_volume(labels))
 
     # ----- internals -----------------------------------------------------------------------
@@ -284,9 +283,11 @@ class Session:
         return o
 
     def _prompts_for(self, o: SegmentObject, frame: int) -> FramePrompts:
-        if frame not in o.prompts:
-            o.prompts[frame] = FramePrompts(initial=o.output(frame) is None)
-        return o.prompts[frame]
+        """A copy of the slice's prompts to edit; `_run_prompt` keeps it only on success."""
+        current = o.prompts.get(frame)
+        if current is None:
+            return FramePrompts(initial=o.output(frame) is None)
+        return replace(current, points=list(current.points))
 
     def _invalidate_around(self, o: SegmentObject, frame: int) -> None:
         """Mark the frames between `frame`'s neighbouring prompted slices for re-tracking."""
@@ -294,8 +295,7 @@ class Session:
         upper = min((c for c in o.cond if c > frame), default=self.num_frames)
         o.stale.update(f for f in range(lower + 1, upper) if f != frame)
 
-    def _run_prompt(self, o: SegmentObject, frame: int) -> SliceResult:
-        prompts = o.prompts[frame]
+    def _run_prompt(self, o: SegmentObject, frame: int, prompts: FramePrompts) -> SliceResult:
         previous = o.output(frame)
         prev_logits = None if previous is None else previous["pred_masks"]
         if prompts.initial and frame not in o.cond:
@@ -307,6 +307,7 @@ class Session:
                              reverse, inputs.prev_logits, memory_exclude=frame)
         if prompts.mask is not None and prompts.mask_mode == "exact":
             out["exact_mask"] = torch.from_numpy(prompts.mask.copy())
+        o.prompts[frame] = prompts
         o.cond[frame] = out
         o.tracked.pop(frame, None)
         o.stale.discard(frame)
@@ -373,7 +374,7 @@ class Session:
                 logits[index] = torch.where(exact, _EXACT_LOGIT, -_EXACT_LOGIT)
         return logits
 
-    def _resolve_overlaps(self, frame: int, present: list[tuple[int, dict]]) -> np.ndarray:
+    def _resolve_overlaps(self, present: list[tuple[int, dict]]) -> np.ndarray:
         logits = self._frame_logits([out for _, out in present])
         locked = torch.tensor([self.objects[i].locked for i, _ in present])
         inside = logits > 0

@@ -212,3 +212,14 @@ def test_mask_volume_prompts_its_largest_slice(session):
         session.set_mask_volume(obj, mask[:5])
     with pytest.raises(PromptError, match="empty"):
         session.set_mask_volume(obj, np.zeros_like(mask))
+
+
+def test_a_refused_prompt_leaves_the_slice_as_it_was(session):
+    obj = session.add_object("organ")
+    first = session.set_box(obj, *ORGAN_BOX)
+    with pytest.raises(PromptError, match="empty"):
+        session.set_mask(obj, 6, np.zeros((40, 48), bool))
+    prompts = session.object(obj).prompts[6]
+    assert prompts.box is not None and prompts.mask is None
+    again = session.add_points(obj, [[18, 20, 6]], [1])
+    assert again.frame == first.frame
