@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ SUPPORTED_SUFFIXES = (SEG_NRRD_SUFFIX, *NIFTI_SUFFIXES)
 _COMPOUND_SUFFIXES = (SEG_NRRD_SUFFIX, ".nii.gz", ".labels.json")
 _GZIP_LEVEL = 6  # level 9 is ~2x slower on CT-sized labelmaps for ~20% smaller files
 _LABELMAP_REPRESENTATION = "Binary labelmap"
+FIELD_PREFIX = "SAM2Refine_"  # custom .seg.nrrd header fields written by this package
 
 
 @dataclass
@@ -271,12 +272,23 @@ def _segment_header_fields(seg: SegmentInfo, shape_ijk: tuple[int, int, int]) ->
     }
 
 
-def write_seg_nrrd(path: Path, labelmap: Volume, segments: list[SegmentInfo]) -> Path:
-    """Write a single-layer Slicer segmentation (.seg.nrrd) on the labelmap's own grid."""
+def write_seg_nrrd(
+    path: Path,
+    labelmap: Volume,
+    segments: list[SegmentInfo],
+    *,
+    fields: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a single-layer Slicer segmentation (.seg.nrrd) on the labelmap's own grid.
+
+    ``fields`` become custom header fields (``SAM2Refine_*`` keys, e.g. the DICOM series the
+    segmentation was made on) that `read_seg_nrrd_fields` returns; Slicer ignores them.
+    """
     import slicerio
 
     path = Path(path)
     voxels = _prepare_labelmap(labelmap, segments)
+    extra = _check_fields(fields)
     for seg in segments:
         if not (seg.name.isascii() and (seg.terminology or "").isascii()):
             raise ExportError(
@@ -292,12 +304,37 @@ def write_seg_nrrd(path: Path, labelmap: Volume, segments: list[SegmentInfo]) ->
         "masterRepresentation": _LABELMAP_REPRESENTATION,
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": [_segment_header_fields(s, voxels_ijk.shape) for s in segments],
+        **extra,
     }
 
     def _write(tmp: Path) -> None:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=_GZIP_LEVEL)
 
     return atomic_write(path, _write)
+
+
+def _check_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
+    extra = {str(k): str(v) for k, v in (fields or {}).items()}
+    for key, value in extra.items():
+        if not key.startswith(FIELD_PREFIX) or not key.replace("_", "").isalnum():
+            raise ExportError(f"Header field {key!r} must be {FIELD_PREFIX}<letters/digits>.")
+        if not value.isascii() or any(ch in value for ch in "\r\n\0"):
+            raise ExportError(
+                f"Header field {key} = {value!r} must be one line of ASCII text (a .seg.nrrd "
+                "header cannot hold other characters); move the file to a plain ASCII path."
+            )
+    return extra
+
+
+def read_seg_nrrd_fields(path: Path) -> dict[str, str]:
+    """The ``SAM2Refine_*`` custom header fields of a .seg.nrrd (empty if it has none)."""
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception as exc:  # pynrrd raises assorted types for malformed headers
+        raise VolumeError(f"Cannot read the header of {path}: {exc}") from exc
+    return {k: str(v) for k, v in header.items() if k.startswith(FIELD_PREFIX)}
 
 
 def _labels_sidecar_path(path: Path) -> Path:
@@ -388,12 +425,21 @@ def read_seg_nrrd(path: Path) -> tuple[Volume, list[SegmentInfo]]:
     return volume, segments
 
 
-def write_segmentation(path: Path, labelmap: Volume, segments: list[SegmentInfo]) -> Path:
-    """Write ``labelmap`` in the format its suffix names: .seg.nrrd, .nii or .nii.gz."""
+def write_segmentation(
+    path: Path,
+    labelmap: Volume,
+    segments: list[SegmentInfo],
+    *,
+    fields: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``labelmap`` in the format its suffix names: .seg.nrrd, .nii or .nii.gz.
+
+    ``fields`` (``SAM2Refine_*`` header fields) are kept by .seg.nrrd only.
+    """
     path = Path(path)
     name = path.name.lower()
     if name.endswith(SEG_NRRD_SUFFIX):
-        return write_seg_nrrd(path, labelmap, segments)
+        return write_seg_nrrd(path, labelmap, segments, fields=fields)
     if name.endswith(NIFTI_SUFFIXES):
         return write_nifti_labelmap(path, labelmap, segments)
     raise ExportError(
