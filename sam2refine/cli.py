@@ -1,8 +1,9 @@
-"""`sam2refine` command line: segment a volume from prompts, manage weights."""
+"""`sam2refine` command line: segment a volume from prompts, export, manage weights."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from sam2refine.errors import SAM2RefineError
 
 log = logging.getLogger("sam2refine")
+# Further commands, each a module with `register(subparsers)` (keeps this file small).
+_COMMAND_MODULES = ("sam2refine.cli_export", "sam2refine.cli_serve")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     weights.add_argument("action", choices=("list", "download"))
     weights.add_argument("name", nargs="?", default="sam2.1_hiera_tiny")
     weights.set_defaults(run=_weights)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -85,7 +91,10 @@ def _segment(args: argparse.Namespace) -> int:
     segments = []
     for index, (obj_id, seg) in enumerate(zip(ids, prompts.segments)):
         segments.append(SegmentInfo(seg.name, obj_id, seg.color or default_color(index)))
-    written = write_segmentation(out, session.label_volume(), segments)
+    fields = {"SAM2Refine_AlgorithmType": "SEMIAUTOMATIC"}  # a person gave the prompts
+    if Path(args.volume).is_dir():  # remembered so that `export` finds the DICOM source
+        fields["SAM2Refine_SourceSeries"] = str(Path(args.volume).expanduser().resolve())
+    written = write_segmentation(out, session.label_volume(), segments, fields=fields)
     log.info("Wrote %s (%d segments)", written, len(segments))
     return 0
 
