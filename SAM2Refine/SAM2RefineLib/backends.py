@@ -1,0 +1,168 @@
+"""Weights, models and sessions: the glue between the module and the engine.
+
+Everything imports the engine lazily, so listing what is missing works before the engine's
+requirements (torch, sam2) are installed. Downloads go to the engine's per-user cache
+(`sam2refine.weights.cache_dir()`, outside the extension folder, so reinstalling the
+extension keeps them) and are checked against the catalogue's size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class AutoSegmentUnavailableError(RuntimeError):
+    """The engine has no automatic (prompt generator) pipeline yet."""
+
+
+@dataclass
+class WeightsRow:
+    """One catalogue entry as the module lists it."""
+
+    name: str
+    description: str
+    size_bytes: int | None
+    cached: bool
+    path: Path
+
+
+def catalogue() -> list[WeightsRow]:
+    """The official checkpoints and whether each is already in the cache."""
+    from sam2refine.weights import cached_path, load_catalogue
+
+    rows = []
+    for name, entry in load_catalogue().items():
+        path = cached_path(entry)
+        rows.append(WeightsRow(name, entry.description, entry.size_bytes, path.is_file(), path))
+    return rows
+
+
+def download_weights(name: str, progress: Callable[[int, int], None] | None = None,
+                     cancel: threading.Event | None = None) -> Path:
+    """Download and verify `name` into the cache; progress is reported as (percent, 100)."""
+    from sam2refine.weights import cache_dir, download, get_entry
+
+    def report(done: int, total: int | None) -> None:
+        if progress is not None and total:
+            progress(min(100, int(100 * done / total)), 100)
+
+    return download(get_entry(name), cache_dir(), progress=False, cancel=cancel,
+                    on_progress=report)
+
+
+def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
+               device: str = "auto", progress: Callable[[int, int], None] | None = None,
+               cancel: threading.Event | None = None) -> Any:
+    """Build SAM 2.1 with verified weights (downloaded into the cache when missing)."""
+    from sam2refine.model import build_model, resolve_device
+    from sam2refine.weights import resolve_checkpoint
+
+    def report(done: int, total: int | None) -> None:
+        if progress is not None and total:
+            progress(min(99, int(100 * done / total)), 100)
+
+    path = resolve_checkpoint(name, checkpoint or None, download=True, progress=False,
+                              cancel=cancel, on_progress=report)
+    model = build_model(name, int(image_size), path, resolve_device(device))
+    if progress is not None:
+        progress(100, 100)
+    return model
+
+
+def open_session(volume, *, model=None, server_url: str | None = None,
+                 token: str | None = None, axis: str = "axial", intensity: str = "ct") -> Any:
+    """An in-process `Session` (with `model`) or a remote session on `server_url`."""
+    if server_url:
+        from sam2refine.client import Client
+
+        return Client(server_url, token=token or None).open_session(
+            volume, axis=axis, intensity=intensity)
+    if model is None:
+        raise ValueError("Load a model first (or choose a remote server).")
+    from sam2refine.session import Session
+
+    return Session(model, volume, axis=axis, intensity=intensity)
+
+
+def close_session(session: Any) -> None:
+    """Release a session (remote sessions free the server's memory)."""
+    for owner in (session, getattr(session, "client", None)):
+        close = getattr(owner, "close", None)
+        if callable(close):
+            close()
+
+
+def auto_segment_pipeline() -> Callable[..., Any]:
+    """The engine's automatic pipeline, or a clear error while there is none."""
+    import importlib
+
+    try:
+        auto = importlib.import_module("sam2refine.auto")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sam2refine.auto", "sam2refine"):
+            raise
+        auto = None
+    pipeline = getattr(auto, "auto_segment", None)
+    if pipeline is None:
+        raise AutoSegmentUnavailableError(
+            "Auto-segment is not available yet: this version of the SAM2Refine engine has no "
+            "automatic pipeline (the U-Net prompt generator comes in a later release). "
+            "Segment with box, point or mask prompts and Propagate instead.")
+    return pipeline
+
+
+def test_connection(url: str, token: str | None = None) -> str:
+    """One line describing the server at `url`; raises with the server's message when it
+    cannot be reached or refuses the token."""
+    from sam2refine.client import Client
+    from sam2refine.wire import SessionNotFoundError
+
+    if not url:
+        raise ValueError("Enter the server URL, e.g. http://gpu-host:8000.")
+    with Client(url, token=token or None, timeout=15) as client:
+        status = client.health()
+        # any authenticated request: an unknown session proves the token is accepted
+        with contextlib.suppress(SessionNotFoundError):
+            client.request("GET", "/sessions/connection-test")
+    return (f"Connected: SAM2Refine {status.get('version', '?')}, "
+            f"{status.get('image_size', '?')} px on {status.get('device', '?')}, "
+            f"{status.get('sessions', 0)} open session(s).")
+
+
+def dicom_reference_files(volume_node) -> list[str]:
+    """Files of the DICOM series a volume node was loaded from (Slicer's DICOM database)."""
+    import slicer
+
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    database = getattr(slicer, "dicomDatabase", None)
+    files = [database.fileForInstance(uid) for uid in uids] if database else []
+    return [f for f in files if f]
+
+
+def series_folder(files: list[str], folder: str | Path) -> Path:
+    """A folder holding exactly `files` (links, or copies where links are not allowed)."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(files):
+        target = folder / f"{index:05d}.dcm"
+        try:
+            target.symlink_to(Path(name).resolve())
+        except OSError:
+            shutil.copyfile(name, target)
+    return folder
+
+
+def export_dicom_seg(labelmap, segment_infos, reference_folder: str | Path,
+                     path: str | Path) -> Path:
+    """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`."""
+    from sam2refine.dicomseg import export_dicom_seg as write
+
+    return write(labelmap, segment_infos, reference_folder, path,
+                 algorithm_type="SEMIAUTOMATIC")

@@ -1,0 +1,142 @@
+"""Prompts from markups nodes, and generated boxes shown as ROI nodes.
+
+Point prompts come from fiducial (point list) nodes: every control point is a click, positive
+in the node the "+ point" tool places into and negative in the "- point" node. Box prompts
+come from ROI nodes: the ROI's extent, clipped to the volume, on the slice through its centre.
+Control points are read in world RAS and brought into the volume's own RAS frame, which is
+what the session's coords="ras" means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from SAM2RefineLib.volumes import matrix_to_vtk, ras_matrix_of, world_to_node
+
+SENT_ATTRIBUTE = "SAM2Refine.SentPointIDs"  # control points already sent to the session
+
+
+@dataclass
+class PointGroup:
+    """Clicks on one slice: RAS positions in the volume's frame and 1/0 labels."""
+
+    frame: int
+    points_ras: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    point_ids: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
+
+
+def _sent_ids(markups_node) -> set[str]:
+    text = markups_node.GetAttribute(SENT_ATTRIBUTE) or ""
+    return {p for p in text.split(",") if p}
+
+
+def mark_sent(markups_node, point_ids: list[str]) -> None:
+    """Remember that these control points were sent (so they are not sent twice)."""
+    ids = _sent_ids(markups_node) | set(point_ids)
+    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
+
+
+def unmark_sent(markups_node, point_ids: list[str]) -> None:
+    ids = _sent_ids(markups_node) - set(point_ids)
+    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
+
+
+def new_control_points(markups_node, only_new: bool = True) -> list[tuple[str, np.ndarray]]:
+    """(point ID, world RAS position) of the node's placed control points not yet sent."""
+    if markups_node is None:
+        return []
+    sent = _sent_ids(markups_node) if only_new else set()
+    out = []
+    for n in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
+            continue  # still being placed
+        point_id = markups_node.GetNthControlPointID(n)
+        if point_id in sent:
+            continue
+        position = np.zeros(3)
+        markups_node.GetNthControlPointPositionWorld(n, position)
+        out.append((point_id, position))
+    return out
+
+
+def group_points(volume_node, volume, stack, positive_node=None, negative_node=None,
+                 only_new: bool = True) -> list[PointGroup]:
+    """Clicks of the positive and negative nodes grouped by the slice they fall on."""
+    groups: dict[int, PointGroup] = {}
+    for node, label in ((positive_node, 1), (negative_node, 0)):
+        points = new_control_points(node, only_new)
+        if not points:
+            continue
+        ras = world_to_node(volume_node, np.array([p for _, p in points]))
+        frames = np.rint(stack.ijk_to_frc(volume.ras_to_index(ras))[:, 0]).astype(int)
+        for (point_id, _), position, frame in zip(points, ras, frames):
+            group = groups.setdefault(int(frame), PointGroup(int(frame)))
+            group.points_ras.append([float(v) for v in position])
+            group.labels.append(label)
+            group.point_ids.append((node.GetID(), point_id))
+    return [groups[f] for f in sorted(groups)]
+
+
+def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
+            ) -> tuple[list[float], list[float], int]:
+    """Two opposite RAS corners (volume frame) of the voxels whose centres lie inside an ROI
+    (clipped to the volume), and the slice to use: `frame`, or the one through its centre."""
+    if roi_node is None or roi_node.GetNumberOfControlPoints() == 0:
+        raise ValueError("Place the box (ROI) on the image first.")
+    ijk = volume.ras_to_index(world_to_node(volume_node, roi_corners_world(roi_node)))
+    size = np.array(volume.shape_ijk, dtype=float) - 1
+    edge_low, edge_high = ijk.min(0), ijk.max(0)
+    if np.any(edge_high < -0.5) or np.any(edge_low > size + 0.5):
+        raise ValueError(f"The ROI '{roi_node.GetName()}' lies outside the volume.")
+    low, high = np.ceil(edge_low - 1e-6), np.floor(edge_high + 1e-6)
+    thin = low > high  # thinner than a voxel along that axis: its nearest voxel
+    low[thin] = high[thin] = np.rint((edge_low[thin] + edge_high[thin]) / 2)
+    low, high = np.clip(low, 0, size), np.clip(high, 0, size)
+    if frame is None:
+        centre = stack.ijk_to_frc((low + high) / 2.0)[0]
+        frame = int(np.clip(np.rint(centre), 0, stack.num_frames - 1))
+    corner_a, corner_b = volume.index_to_ras(np.stack([low, high]))
+    return [float(v) for v in corner_a], [float(v) for v in corner_b], int(frame)
+
+
+def roi_corners_world(roi_node) -> np.ndarray:
+    """The 8 corners of an ROI (rotated ROIs included) in world RAS, (8, 3)."""
+    half = np.asarray(roi_node.GetSize(), dtype=float) / 2.0
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    object_points = signs * half
+    matrix = roi_node.GetObjectToWorldMatrix()
+    m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return object_points @ m[:3, :3].T + m[:3, 3]
+
+
+def box_to_roi(scene, volume_node, volume, stack, frame: int, box_rc: tuple[int, int, int, int],
+               name: str, roi_node=None):
+    """Show a box (r0, c0, r1, c1 on `frame`) as a one-slice-thick ROI aligned with the volume
+    (under the volume's parent transform, so it stays on the image)."""
+    r0, c0, r1, c1 = box_rc
+    ijk = stack.frc_to_ijk(np.array([[frame, r0, c0], [frame, r1, c1]], dtype=float))
+    low, high = ijk.min(0) - 0.5, ijk.max(0) + 0.5
+    ijk_to_ras = ras_matrix_of(volume)
+    axes = ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    centre = axes @ ((low + high) / 2.0) + ijk_to_ras[:3, 3]
+    if roi_node is None:
+        roi_node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    rotation = np.eye(4)
+    rotation[:3, :3] = axes / spacing
+    roi_node.GetObjectToNodeMatrix().DeepCopy(matrix_to_vtk(rotation))
+    roi_node.SetCenter(*[float(v) for v in centre])
+    roi_node.SetSize(*[float(v) for v in (high - low) * spacing])
+    return roi_node
+
+
+def box_of_mask(mask2d: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(r0, c0, r1, c1) bounding box of a 2D mask; None when it is empty."""
+    rows, cols = np.nonzero(np.asarray(mask2d))
+    if rows.size == 0:
+        return None
+    return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
