@@ -36,6 +36,8 @@ PIP_REQUIREMENTS = (
     "slicerio>=1.1,<2",
     "tqdm>=4.66.1,<5",  # >=4.66.1 for SAM 2
     "requests>=2.31,<3",  # the remote client
+    "monai>=1.4,<2",  # the prompt generator (U-Net)
+    "safetensors>=0.4,<1",  # adapter files
     "hydra-core>=1.3.2",  # the rest are SAM 2's own requirements
     "iopath>=0.1.10",
     "pillow>=9.4.0",
