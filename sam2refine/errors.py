@@ -27,3 +27,15 @@ class ExportError(SAM2RefineError):
 
 class CancelledError(SAM2RefineError):
     """The user cancelled a long operation; work finished before the cancel is kept."""
+
+
+class DatasetError(SAM2RefineError):
+    """A training / evaluation dataset is missing files, labels or its dataset.json."""
+
+
+class PromptGeneratorError(SAM2RefineError):
+    """A prompt generator checkpoint or prompt source cannot be used for this volume."""
+
+
+class AdapterError(SAM2RefineError):
+    """An adapter file is corrupt or was trained for another base model or image size."""
