@@ -12,7 +12,7 @@ from sam2refine.errors import SAM2RefineError
 
 log = logging.getLogger("sam2refine")
 # Further commands, each a module with `register(subparsers)` (keeps this file small).
-_COMMAND_MODULES = ("sam2refine.cli_export", "sam2refine.cli_serve")
+_COMMAND_MODULES = ("sam2refine.cli_export", "sam2refine.cli_serve", "sam2refine.cli_auto")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +66,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     from sam2refine.export import SegmentInfo, default_color, write_segmentation
     from sam2refine.model import build_model, resolve_device
-    from sam2refine.prompts_file import apply_prompts, read_prompts
+    from sam2refine.prompts_file import apply_prompts, propagation_groups, read_prompts
     from sam2refine.session import Session
     from sam2refine.volume import load_volume
     from sam2refine.weights import resolve_checkpoint
@@ -87,7 +87,8 @@ def _segment(args: argparse.Namespace) -> int:
             bar.total = total
             bar.n = done
             bar.refresh()
-        session.propagate(frame_range=prompts.frame_range, progress=progress)
+        for objects, frame_range in propagation_groups(ids, prompts):
+            session.propagate(objects, frame_range=frame_range, progress=progress)
     segments = []
     for index, (obj_id, seg) in enumerate(zip(ids, prompts.segments)):
         segments.append(SegmentInfo(seg.name, obj_id, seg.color or default_color(index)))

@@ -13,6 +13,8 @@
       "range": [0, 29]                           # optional: propagate only over these slices
     }
 
+A segment may have its own "range" (first and last slice), which overrides the file's for it.
+
 Relative mask paths are relative to the JSON file. A mask file is any label volume (any grid:
 it is resampled onto the image in physical space); `slices` default to the slice where the
 mask is largest.
@@ -40,6 +42,7 @@ class SegmentPrompts:
     points: list[tuple[list[float], int]] = field(default_factory=list)
     boxes: list[tuple[list[float], list[float], int | None]] = field(default_factory=list)
     masks: list[dict] = field(default_factory=list)
+    frame_range: tuple[int, int] | None = None  # overrides the file's range for this segment
 
 
 @dataclass
@@ -81,6 +84,9 @@ def _segment(raw: dict, default_coords: str, index: int) -> SegmentPrompts:
             a, c = b["corners"]
             seg.boxes.append((list(a), list(c), b.get("slice")))
         seg.masks = [dict(m) for m in raw.get("masks", [])]
+        if raw.get("range") is not None:
+            first, last = raw["range"]
+            seg.frame_range = (int(first), int(last))
     except (KeyError, TypeError, ValueError) as exc:
         raise PromptError(f"Segment '{name}': malformed prompt ({exc!r}); see the README.") from exc
     if not (seg.points or seg.boxes or seg.masks):
@@ -112,6 +118,16 @@ def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
         for spec in seg.masks:
             _apply_mask(session, obj, spec, prompts.base_dir)
     return ids
+
+
+def propagation_groups(ids: list[int], prompts: PromptsFile
+                       ) -> list[tuple[list[int], tuple[int, int] | None]]:
+    """(object ids, slice range) to propagate together: segments with their own range apart,
+    the others over the file's range."""
+    groups: dict[tuple[int, int] | None, list[int]] = {}
+    for obj, seg in zip(ids, prompts.segments):
+        groups.setdefault(seg.frame_range or prompts.frame_range, []).append(obj)
+    return [(objs, rng) for rng, objs in groups.items()]
 
 
 def _group_by_slice(session: Session, seg: SegmentPrompts) -> dict[int, list]:
