@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output .seg.nrrd or .nii/.nii.gz")
     seg.add_argument("--model", default="sam2.1_hiera_tiny")
     seg.add_argument("--checkpoint", help="local checkpoint; default: download official weights")
+    seg.add_argument("--adapters", metavar="FILE",
+                     help="fine-tuned adapters (.safetensors) trained on this model/checkpoint")
     seg.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
     seg.add_argument("--device", default="auto", choices=DEVICES)
     seg.add_argument("--axis", default="axial", choices=AXES)
@@ -78,7 +80,7 @@ def _segment(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
     device = resolve_device(args.device)
-    model = build_model(args.model, args.image_size, checkpoint, device)
+    model = build_model(args.model, args.image_size, checkpoint, device, adapters=args.adapters)
     session = Session(model, volume, axis=args.axis, intensity=args.intensity)
     log.info("Volume %s: %d %s slices; model %s at %d px on %s", args.volume,
              session.num_frames, args.axis, args.model, args.image_size, device)

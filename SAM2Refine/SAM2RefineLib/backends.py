@@ -17,7 +17,8 @@ from typing import Any
 
 
 class AutoSegmentUnavailableError(RuntimeError):
-    """The engine has no automatic (prompt generator) pipeline yet."""
+    """The automatic pipeline cannot run on this backend (a remote server does not offer it
+    yet)."""
 
 
 @dataclass
@@ -97,23 +98,16 @@ def close_session(session: Any) -> None:
             close()
 
 
-def auto_segment_pipeline() -> Callable[..., Any]:
-    """The engine's automatic pipeline, or a clear error while there is none."""
-    import importlib
-
-    try:
-        auto = importlib.import_module("sam2refine.auto")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("sam2refine.auto", "sam2refine"):
-            raise
-        auto = None
-    pipeline = getattr(auto, "auto_segment", None)
-    if pipeline is None:
+def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
+    """The engine's automatic pipeline (`sam2refine.auto.auto_segment`) for `session`; a
+    clear error for remote sessions, where the server does not offer it yet."""
+    if session is not None and type(session).__name__ != "Session":
         raise AutoSegmentUnavailableError(
-            "Auto-segment is not available yet: this version of the SAM2Refine engine has no "
-            "automatic pipeline (the U-Net prompt generator comes in a later release). "
-            "Segment with box, point or mask prompts and Propagate instead.")
-    return pipeline
+            "Auto-segment is not available on a remote server yet: choose 'This computer' "
+            "(local processing) to auto-segment, or prompt and Propagate on the server.")
+    from sam2refine.auto import auto_segment
+
+    return auto_segment
 
 
 def test_connection(url: str, token: str | None = None) -> str:
@@ -160,9 +154,10 @@ def series_folder(files: list[str], folder: str | Path) -> Path:
 
 
 def export_dicom_seg(labelmap, segment_infos, reference_folder: str | Path,
-                     path: str | Path) -> Path:
-    """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`."""
+                     path: str | Path, algorithm_type: str = "SEMIAUTOMATIC") -> Path:
+    """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`;
+    `algorithm_type` AUTOMATIC when only the automatic pipeline made it."""
     from sam2refine.dicomseg import export_dicom_seg as write
 
     return write(labelmap, segment_infos, reference_folder, path,
-                 algorithm_type="SEMIAUTOMATIC")
+                 algorithm_type=algorithm_type)

@@ -19,6 +19,7 @@ from SAM2RefineLib.tasks import Job
 from SAM2RefineLib.undo import SegmentSnapshot, UndoEntry, UndoStack
 from SAM2RefineLib.volumes import volume_from_node
 
+ALGORITHM_ATTRIBUTE = "SAM2Refine.AlgorithmType"  # on the segmentation node
 POSITIVE_POINTS_NAME = "SAM2Refine include"
 NEGATIVE_POINTS_NAME = "SAM2Refine exclude"
 
@@ -252,6 +253,7 @@ class SAM2RefineLogicBase:
             entry.prompt_keys.append((segmentId, result.frame))
         self._writeSlices(segmentId, current, {r.frame: r.mask for r in results})
         self.undoStack.push(entry)
+        self.segmentationNode.SetAttribute(ALGORITHM_ATTRIBUTE, "SEMIAUTOMATIC")  # a person
         return entry
 
     def _writeSlices(self, segmentId, current, sliceMasks: dict) -> None:
@@ -305,10 +307,72 @@ class SAM2RefineLogicBase:
     def propagate(self, segmentIds=None, frameRange=None, progress=None, cancel=None) -> str:
         return self.propagateJob(segmentIds, frameRange)(progress, cancel)
 
-    def autoSegment(self, *args, **kwargs):
-        """The engine's automatic pipeline; a clear error until the engine has one."""
+    def autoSegmentJob(self, source, names=None, organs=None, stages: int = 2,
+                       margin: int = 3, showStages: bool = True) -> Job:
+        """Segment organs automatically: `source` (a U-Net checkpoint, or a label file whose
+        labels `names` names: labels.json / dataset.json) proposes them and SAM 2 refines them
+        in `stages` stages. One segment per organ (an unlocked segment of that name is
+        replaced, a locked one left alone); the proposals' boxes become ROI nodes "<organ> box"
+        and, with `showStages`, the earlier stages' masks get segmentation nodes of their own.
+        One undo step."""
         self._requireSession()
-        return backends.auto_segment_pipeline()(self.session, *args, **kwargs)
+        pipeline = backends.auto_segment_pipeline(self.session)
+        session, volume = self.session, self.volume
+
+        def run(progress, cancel):
+            return pipeline(session, volume, source, names=names, organs=organs, stages=stages,
+                            margin=margin, progress=progress, cancel=cancel)
+        return Job("Auto-segment", run, lambda result: self._autoSegmented(result, showStages))
+
+    def autoSegment(self, source, names=None, organs=None, stages: int = 2, margin: int = 3,
+                    showStages: bool = True, progress=None, cancel=None) -> str:
+        return self.autoSegmentJob(source, names, organs, stages, margin, showStages)(
+            progress, cancel)
+
+    def _autoSegmented(self, result, showStages: bool) -> str:
+        from SAM2RefineLib import autosegment
+
+        entry, written, skipped = UndoEntry("Auto-segment"), {}, []
+        final = self.stack.frames(result.final.label_volume.voxels)
+        for name, organ in result.prompts.items():
+            segmentId = autosegment.segment_named(self.segmentationNode, name)
+            if segmentId is not None and self.isSegmentLocked(segmentId):
+                skipped.append(name)
+                self.session.remove_object(organ.obj_id)
+                continue
+            segmentId = segmentId or self.addSegment(name)
+            current = self.segmentMask(segmentId)
+            entry.snapshots.append(SegmentSnapshot.take(segmentId, current, self.stack))
+            self._writeSlices(segmentId, current, dict(enumerate(final == organ.obj_id)))
+            previous = self.objectIds.get(segmentId)
+            if previous is not None and previous != organ.obj_id:
+                self.session.remove_object(previous)
+            self.objectIds[segmentId] = organ.obj_id
+            for frame, record in autosegment.prompt_records(
+                    self.volume, self.stack, organ, result.unet.label_volume.voxels):
+                self._prompts.setdefault((segmentId, frame), []).append(record)
+                entry.prompt_keys.append((segmentId, frame))
+            written[name] = organ.obj_id
+        entry.created_node_ids += autosegment.show_boxes(
+            self.scene, self.volumeNode, self.volume, self.stack,
+            {n: b for n, b in result.unet.boxes.items() if n in written})
+        for stage in result.stages[:-1] if showStages else []:
+            node = autosegment.show_stage(self.scene, self.volumeNode, stage, written,
+                                          autosegment.STAGE_TITLES[stage.name])
+            entry.created_node_ids.append(node.GetID())
+        self.undoStack.push(entry)
+        if self.segmentationNode.GetAttribute(ALGORITHM_ATTRIBUTE) is None:  # nobody prompted
+            self.segmentationNode.SetAttribute(ALGORITHM_ATTRIBUTE, "AUTOMATIC")
+        locked = f"; left locked segment(s) alone: {', '.join(skipped)}" if skipped else ""
+        return (f"Auto-segmented {len(written)} organ(s) from the {result.source} "
+                f"({' / '.join(f'{s.name} {s.seconds:.0f} s' for s in result.stages)}){locked}.")
+
+    def algorithmType(self) -> str:
+        """DICOM-SEG algorithm type of the segmentation: AUTOMATIC while only Auto-segment
+        made it, SEMIAUTOMATIC once a person prompted (the default)."""
+        node = self.segmentationNode
+        value = node.GetAttribute(ALGORITHM_ATTRIBUTE) if node is not None else None
+        return value or "SEMIAUTOMATIC"
 
     # ----- undo ----------------------------------------------------------------------------
     def canUndo(self) -> bool:

@@ -30,7 +30,7 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):  # noqa: N802 (unittest/Slicer API)
-        for test in (self.test_module_and_widget_load, self.test_auto_segment_says_why,
+        for test in (self.test_module_and_widget_load, self.test_auto_segment_from_a_label_file,
                      self.test_prompts_undo_lock_and_export):
             self.setUp()
             test()
@@ -42,12 +42,32 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.undoButton.shortcut.toString(), "Ctrl+Z")
         self.assertTrue(widget.ui.modelComboBox.count >= 1)
 
-    def test_auto_segment_says_why(self):
-        from SAM2RefineLib.backends import AutoSegmentUnavailableError, auto_segment_pipeline
+    def test_auto_segment_from_a_label_file(self):
+        """Auto-segment seeded by a label file (as a TotalSegmentator output would be)."""
+        if not _engine_ready():
+            self.skipTest("PyTorch and SAM 2 are not installed (module: Install...)")
+        import SimpleITK as sitk
+        import torch
+        from SAM2RefineLib.volumes import volume_from_node
 
-        with self.assertRaises(AutoSegmentUnavailableError) as raised:
-            auto_segment_pipeline()
-        self.assertIn("not available yet", str(raised.exception))
+        from SAM2Refine import SAM2RefineLogic
+        from sam2refine.model import build_model
+
+        torch.manual_seed(0)
+        logic = SAM2RefineLogic()
+        logic.setModel(build_model("sam2.1_hiera_tiny", 256, None, "cpu"))
+        volume = self._phantom()
+        logic.startSession(volume)
+        engine_volume = volume_from_node(volume)
+        labels = engine_volume.with_voxels((engine_volume.voxels > 100).astype(np.uint8))
+        path = os.path.join(tempfile.mkdtemp(), "organ.nii.gz")
+        sitk.WriteImage(labels.to_sitk(), path)
+        logic.autoSegment(path, names={1: "liver"}, stages=1, margin=1)
+        segmentation = logic.segmentationNode.GetSegmentation()
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("liver"))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("liver box"))
+        self.assertEqual(logic.algorithmType(), "AUTOMATIC")
+        self.assertEqual(logic.undoStack.labels(), ["Auto-segment"])
 
     def _phantom(self):
         """A CT-like volume: body at 40 HU in air, a brighter organ."""

@@ -253,16 +253,6 @@ def test_cancelled_propagation_keeps_finished_slices(core, module, tiny_model, c
     assert sorted(np.nonzero(frames.any(1))[0].tolist()) == [24, 25]
 
 
-def test_auto_segment_fails_clearly(core, module, tiny_model, ct_path):
-    from SAM2RefineLib.backends import AutoSegmentUnavailableError
-
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(core.load_volume(ct_path))
-    with pytest.raises(AutoSegmentUnavailableError, match="not available yet"):
-        logic.autoSegment()
-
-
 def test_dicom_seg_export_references_the_series(core, module, tiny_model, totalseg_dir,
                                                 tmp_path):
     pytest.importorskip("highdicom")
