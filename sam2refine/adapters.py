@@ -262,6 +262,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for key, value in module.state_dict().items()}
 
 
+def expected_adapter_shapes(model: nn.Module, config: AdapterConfig) -> dict[str, torch.Size]:
+    """The adapter tensors `config` gives `model` (names and shapes), without attaching any."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return {f"{names[id(host)]}.adapter.{key}": value.shape
+            for host, adapter in _sites(model, config)
+            for key, value in adapter.state_dict().items()}
+
+
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters of all adapters attached to `model`."""
     return [p for _, module in named_adapters(model) for p in module.parameters()]

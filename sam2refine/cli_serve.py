@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                        "(default: $SAM2REFINE_TOKEN)")
     serve.add_argument("--model", default="sam2.1_hiera_tiny")
     serve.add_argument("--checkpoint", help="local checkpoint; default: official weights")
+    serve.add_argument("--adapters", metavar="FILE",
+                       help="fine-tuned adapters (.safetensors) trained on this checkpoint")
     serve.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
     serve.add_argument("--device", default="auto", choices=DEVICES)
 
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
         token = args.token or os.environ.get("SAM2REFINE_TOKEN") or None
         run_server(args.host, args.port, token, args.model, args.image_size, args.checkpoint,
-                   args.device)
+                   args.device, adapters=args.adapters)
         return 0
 
     serve.set_defaults(run=_serve)

@@ -59,10 +59,13 @@ def build_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     predictor: bool = False,
+    adapters: str | Path | None = None,
 ) -> torch.nn.Module:
     """Build a SAM 2.1 model in eval mode; load `checkpoint` if given (else random init).
 
     `predictor=True` builds the stock `SAM2VideoPredictor` class (used by the benchmark).
+    `adapters` is a fine-tuned adapter file (`sam2refine.adapter_io`) attached on top; it must
+    have been trained on exactly this checkpoint (compared by SHA-256) and image size.
     """
     import sam2  # noqa: F401  (registers the sam2 hydra config module)
     from hydra import compose
@@ -78,7 +81,21 @@ def build_model(
     model = instantiate(cfg.model, _recursive_=True)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, expected_name=name)
+    if adapters is not None:
+        _attach_adapter_file(model, adapters, name, image_size, checkpoint)
     return model.to(resolve_device(device)).eval()
+
+
+def _attach_adapter_file(model: torch.nn.Module, adapters: str | Path, name: str,
+                         image_size: int, checkpoint: str | Path | None) -> None:
+    from sam2refine.adapter_io import load_adapters
+    from sam2refine.weights import sha256_file
+
+    sha = sha256_file(checkpoint) if checkpoint is not None else None
+    info = load_adapters(model, adapters, base_model_name=name, base_checkpoint_sha256=sha,
+                         image_size=image_size)
+    log.info("Adapters %s attached (%s%s)", adapters, info.config,
+             ", with fine-tuned mask decoder" if info.includes_decoder else "")
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:

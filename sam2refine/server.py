@@ -286,8 +286,9 @@ def serve(
     device: str = "auto",
     idle_timeout_s: float = 1800,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    adapters: str | Path | None = None,
 ) -> None:
-    """Build the model and serve it until interrupted (blocks)."""
+    """Build the model (with fine-tuned `adapters` if given) and serve it until interrupted."""
     from sam2refine.model import build_model, resolve_device
     from sam2refine.weights import resolve_checkpoint
 
@@ -297,7 +298,8 @@ def serve(
     try:
         device_obj = resolve_device(device)
         model = build_model(model_name, image_size,
-                            resolve_checkpoint(model_name, checkpoint), device_obj)
+                            resolve_checkpoint(model_name, checkpoint), device_obj,
+                            adapters=adapters)
         app = create_app(model, token=token, max_upload_bytes=max_upload_bytes,
                          idle_timeout_s=idle_timeout_s)
     except BaseException:

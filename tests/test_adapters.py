@@ -3,22 +3,55 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
+from sam2refine.adapter_io import (
+    load_adapters,
+    merge_adapters,
+    merged_adapters,
+    read_adapter_file,
+    save_adapters,
+)
 from sam2refine.adapters import (
     AdapterConfig,
+    adapter_config,
     adapter_parameters,
+    adapter_state_dict,
     add_adapters,
     count_parameters,
     freeze_base,
     named_adapters,
     parameter_summary,
 )
+from sam2refine.cli import main
 from sam2refine.errors import AdapterError
+from sam2refine.model import build_model
+from sam2refine.session import Session
+from sam2refine.weights import sha256_file
+from tests.conftest import TEST_IMAGE_SIZE, make_phantom
 
 pytestmark = pytest.mark.slow
+
+TINY = "sam2.1_hiera_tiny"
+SITES = {"encoder": "image_encoder.trunk", "neck": "image_encoder.neck",
+         "memory": "memory_attention", "decoder": "sam_mask_decoder"}
+
+
+def _perturb(model, site_prefix: str = "", seed: int = 0):
+    """Give the adapters under `site_prefix` random non-zero up-projections (as if trained)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in named_adapters(model):
+            if name.startswith(site_prefix):
+                for p in module.up.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model
 
 
 @pytest.fixture
@@ -27,26 +60,92 @@ def adapted(tiny_model):
     return add_adapters(copy.deepcopy(tiny_model))
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_model):
+    """Tiny with all adapters perturbed, standing in for a fine-tuned model."""
+    return _perturb(add_adapters(copy.deepcopy(tiny_model)))
+
+
+@pytest.fixture(scope="module")
+def base_sha(tiny_checkpoint) -> str:
+    return sha256_file(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def adapter_file(trained, base_sha, tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapters") / "organ.safetensors"
+    return save_adapters(trained, path, base_model_name=TINY, base_checkpoint_sha256=base_sha,
+                         image_size=TEST_IMAGE_SIZE)
+
+
 def _image(seed: int = 0) -> torch.Tensor:
     return torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
 
 
-def _features(model, image) -> list[torch.Tensor]:
+def _features(model, image=None) -> list[torch.Tensor]:
     with torch.no_grad():
-        out = model.forward_image(image)
-    return list(out["backbone_fpn"]) + [out["vision_features"]]
+        out = model.forward_image(_image() if image is None else image)
+    return list(out["backbone_fpn"])
+
+
+def _session_logits(model) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Low-res logits on a clicked slice (decoder only) and the two slices tracked from it."""
+    session = Session(model, make_phantom(), intensity="ct")
+    obj = session.add_object("organ")
+    frame = session.add_points(obj, [[19, 20, 6]], [1]).frame
+    session.propagate([obj], frame_range=(frame, frame + 2))
+    state = session.object(obj)
+    return state.cond[frame]["pred_masks"], [state.tracked[f]["pred_masks"]
+                                             for f in (frame + 1, frame + 2)]
+
+
+@pytest.fixture(scope="module")
+def base_logits(tiny_model):
+    return _session_logits(tiny_model)
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e-6) -> bool:
+    return all(torch.allclose(x, y, atol=atol) for x, y in zip(a, b, strict=True))
 
 
 def test_default_adapters_are_under_one_percent_of_tiny(adapted):
     adapters, total = count_parameters(adapted)
     print(parameter_summary(adapted))
     assert 0 < adapters < 0.01 * (total - adapters)
+    assert len(named_adapters(adapted)) == 12 + 4 + 4 + 7  # blocks, FPN levels, layers, decoder
 
 
-def test_zero_init_adapters_keep_the_image_encoder_output(tiny_model, adapted):
-    image = _image()
-    for base, ours in zip(_features(tiny_model, image), _features(adapted, image)):
-        assert torch.allclose(base, ours, atol=1e-6)
+def test_default_adapters_are_under_one_percent_of_tiny_at_1024_px():
+    model = add_adapters(build_model(TINY, 1024, None, "cpu"))
+    adapters, total = count_parameters(model)
+    print(parameter_summary(model))
+    assert 0 < adapters < 0.01 * (total - adapters)
+
+
+def test_zero_init_adapters_keep_every_output_of_the_base_model(tiny_model, adapted,
+                                                                base_logits):
+    assert _same(_features(tiny_model), _features(adapted))
+    cond, tracked = _session_logits(adapted)
+    assert _same([cond, *tracked], [base_logits[0], *base_logits[1]])
+
+
+@pytest.mark.parametrize("site", ["encoder", "neck"])
+def test_trained_image_adapters_change_the_image_features(tiny_model, adapted, site):
+    _perturb(adapted, SITES[site])
+    assert not _same(_features(tiny_model), _features(adapted), atol=1e-3)
+
+
+def test_trained_memory_adapters_change_only_the_tracked_slices(adapted, base_logits):
+    _perturb(adapted, SITES["memory"])
+    cond, tracked = _session_logits(adapted)
+    assert torch.allclose(cond, base_logits[0], atol=1e-6)  # no memory on a clicked slice
+    assert all(not torch.allclose(a, b, atol=1e-3) for a, b in zip(tracked, base_logits[1]))
+
+
+def test_trained_decoder_adapters_change_the_clicked_slice(adapted, base_logits):
+    _perturb(adapted, SITES["decoder"])
+    cond, _ = _session_logits(adapted)
+    assert not torch.allclose(cond, base_logits[0], atol=1e-3)
 
 
 def test_adding_the_same_adapters_twice_changes_nothing(adapted):
@@ -57,12 +156,151 @@ def test_adding_the_same_adapters_twice_changes_nothing(adapted):
         add_adapters(adapted, AdapterConfig(encoder_bottleneck=8))
 
 
-def test_freeze_base_leaves_only_adapters_trainable(adapted):
+def test_bottleneck_widths_are_configurable_per_site(tiny_model):
+    config = AdapterConfig(encoder_bottleneck=8, neck_bottleneck=0, memory_bottleneck=4,
+                           decoder_bottleneck=0)
+    model = add_adapters(copy.deepcopy(tiny_model), config)
+    names = [name for name, _ in named_adapters(model)]
+    assert len(names) == 12 + 4 and not any(n.startswith(("image_encoder.neck", "sam_mask"))
+                                            for n in names)
+    assert model.memory_attention.layers[0].adapter.down.out_features == 4
+    with pytest.raises(AdapterError, match="whole number"):
+        AdapterConfig(encoder_bottleneck=-1)
+
+
+def test_freeze_base_trains_only_adapters_and_gradients_reach_them(adapted):
     trainable = freeze_base(adapted)
-    assert {id(p) for p in trainable} == {id(p) for p in adapter_parameters(adapted)}
-    assert all(p.requires_grad == (id(p) in {id(q) for q in trainable})
-               for p in adapted.parameters())
+    ids = {id(p) for p in trainable}
+    assert ids == {id(p) for p in adapter_parameters(adapted)}
+    assert all(p.requires_grad == (id(p) in ids) for p in adapted.parameters())
+    out = adapted.forward_image(_image())
+    sum(level.square().mean() for level in out["backbone_fpn"]).backward()
+    encoder = [m for n, m in named_adapters(adapted) if n.startswith("image_encoder")]
+    assert all(m.up.weight.grad is not None and m.up.weight.grad.abs().sum() > 0
+               for m in encoder)
+    assert all(p.grad is None for p in adapted.image_encoder.parameters() if id(p) not in ids)
     with_decoder = freeze_base(adapted, train_decoder=True)
-    decoder = list(adapted.sam_mask_decoder.parameters())
-    assert len(with_decoder) > len(trainable) and all(p.requires_grad for p in decoder)
-    assert len(named_adapters(adapted)) == 12 + 4 + 4 + 7
+    assert len(with_decoder) > len(trainable)
+    assert all(p.requires_grad for p in adapted.sam_mask_decoder.parameters())
+
+
+def test_adapters_follow_the_host_dtype_and_run_under_bf16_autocast(tiny_model, trained):
+    half = add_adapters(copy.deepcopy(tiny_model).to(torch.bfloat16))
+    assert {p.dtype for p in adapter_parameters(half)} == {torch.bfloat16}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = _features(trained)
+    for low, full in zip(auto, _features(trained)):
+        assert torch.isfinite(low).all()
+        assert (low.float() - full).abs().mean() < 0.05 * full.abs().mean()
+
+
+def test_save_then_load_gives_identical_outputs(tiny_model, trained, adapter_file, base_sha):
+    info, tensors = read_adapter_file(adapter_file)
+    assert info.base_model_name == TINY and info.image_size == TEST_IMAGE_SIZE
+    assert info.base_checkpoint_sha256 == base_sha and not info.includes_decoder
+    assert set(tensors) == set(adapter_state_dict(trained))
+    assert adapter_file.stat().st_size < 2_000_000
+    loaded = copy.deepcopy(tiny_model)
+    load_adapters(loaded, adapter_file, base_model_name=TINY, base_checkpoint_sha256=base_sha,
+                  image_size=TEST_IMAGE_SIZE)
+    assert all(torch.equal(a, b) for a, b in zip(_features(loaded), _features(trained)))
+    cond, tracked = _session_logits(loaded)
+    ref_cond, ref_tracked = _session_logits(trained)
+    assert torch.equal(cond, ref_cond) and all(map(torch.equal, tracked, ref_tracked))
+
+
+def test_a_trained_decoder_travels_with_the_adapters(tiny_model, base_sha, tmp_path):
+    model = _perturb(add_adapters(copy.deepcopy(tiny_model)))
+    freeze_base(model, train_decoder=True)
+    with torch.no_grad():
+        model.sam_mask_decoder.iou_token.weight.add_(1.0)
+    path = save_adapters(model, tmp_path / "a.safetensors", base_model_name=TINY,
+                         base_checkpoint_sha256=base_sha, image_size=TEST_IMAGE_SIZE)
+    loaded = copy.deepcopy(tiny_model)
+    info = load_adapters(loaded, path, base_model_name=TINY, base_checkpoint_sha256=base_sha,
+                         image_size=TEST_IMAGE_SIZE)
+    assert info.includes_decoder
+    assert torch.equal(loaded.sam_mask_decoder.iou_token.weight,
+                       model.sam_mask_decoder.iou_token.weight)
+
+
+def _rewrite(path, tmp_path, drop_key=False, metadata=None):
+    from safetensors.torch import save_file
+
+    info, tensors = read_adapter_file(path)
+    meta = info.metadata() if metadata is None else metadata
+    if drop_key:
+        tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(tmp_path / "edited.safetensors"), meta)
+    return tmp_path / "edited.safetensors"
+
+
+REFUSALS = {
+    "wrong base model": ({"base_model_name": "sam2.1_hiera_small"}, None,
+                         "trained for sam2.1_hiera_tiny, not sam2.1_hiera_small"),
+    "wrong checkpoint": ({"base_checkpoint_sha256": "0" * 64}, None, "SHA-256"),
+    "random base": ({"base_checkpoint_sha256": None}, None, "random weights"),
+    "wrong image size": ({"image_size": 512}, None, "--image-size 256"),
+    "truncated": ({}, lambda p, t: t.joinpath("x.safetensors").write_bytes(
+        p.read_bytes()[:5000]) and t / "x.safetensors", "corrupt"),
+    "garbage": ({}, lambda p, t: t.joinpath("x.safetensors").write_bytes(
+        b"\x00" * 64) and t / "x.safetensors", "corrupt"),
+    "tensor missing": ({}, lambda p, t: _rewrite(p, t, drop_key=True), "1 missing"),
+    "foreign safetensors": ({}, lambda p, t: _rewrite(p, t, metadata={"a": "b"}),
+                            "not a sam2refine adapter file"),
+    "absent": ({}, lambda p, t: t / "nowhere.safetensors", "not found"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_mismatched_or_damaged_adapter_files_are_refused(tiny_model, adapter_file, base_sha,
+                                                         tmp_path, case):
+    change, make_file, message = REFUSALS[case]
+    kwargs = {"base_model_name": TINY, "base_checkpoint_sha256": base_sha,
+              "image_size": TEST_IMAGE_SIZE, **change}
+    path = make_file(adapter_file, tmp_path) if make_file else adapter_file
+    model = copy.deepcopy(tiny_model)
+    with pytest.raises(AdapterError, match=message):
+        load_adapters(model, path, **kwargs)
+    assert adapter_config(model) is None  # a refused file leaves the model untouched
+
+
+def test_merging_folds_the_neck_adapters_without_changing_outputs(trained):
+    model = copy.deepcopy(trained)
+    merged = merge_adapters(model)
+    assert merged == [f"image_encoder.neck.convs.{i}.conv.adapter" for i in range(4)]
+    assert merged_adapters(model) == tuple(merged)
+    assert len(named_adapters(model)) == 12 + 4 + 7  # encoder, memory, decoder stay
+    assert _same(_features(model), _features(trained), atol=1e-5)
+    for ours, theirs in zip(model.image_encoder.neck.convs, trained.image_encoder.neck.convs):
+        assert not hasattr(ours.conv, "adapter") and not ours.conv._forward_hooks
+        assert not torch.allclose(ours.conv.weight, theirs.conv.weight)
+    with pytest.raises(AdapterError, match="merged"):
+        save_adapters(model, "unused.safetensors", base_model_name=TINY,
+                      base_checkpoint_sha256=None, image_size=TEST_IMAGE_SIZE)
+
+
+def test_build_model_attaches_adapters_only_to_their_checkpoint(trained, tiny_checkpoint,
+                                                                adapter_file):
+    model = build_model(TINY, TEST_IMAGE_SIZE, tiny_checkpoint, "cpu", adapters=adapter_file)
+    assert all(torch.equal(a, b) for a, b in zip(_features(model), _features(trained)))
+    with pytest.raises(AdapterError, match="random weights"):
+        build_model(TINY, TEST_IMAGE_SIZE, None, "cpu", adapters=adapter_file)
+
+
+def test_cli_segment_uses_adapters(tmp_path, tiny_checkpoint, adapter_file, caplog, capsys):
+    volume = make_phantom((3, 40, 48))
+    sitk.WriteImage(volume.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    prompts = {"coordinates": "ijk",
+               "segments": [{"name": "organ", "points": [{"position": [19, 20, 1]}]}]}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    args = ["segment", str(tmp_path / "ct.nii.gz"), "--prompts", str(tmp_path / "prompts.json"),
+            "--out", str(tmp_path / "seg.nii.gz"), "--image-size", str(TEST_IMAGE_SIZE),
+            "--device", "cpu", "--checkpoint", str(tiny_checkpoint)]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "--adapters", str(adapter_file)]) == 0
+    assert "Adapters" in caplog.text and (tmp_path / "seg.nii.gz").is_file()
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
+    assert labels.shape == volume.voxels.shape and np.isin(labels, [0, 1]).all()
+    assert main([*args, "--adapters", str(tmp_path / "missing.safetensors")]) == 2
+    assert "Adapter file not found" in capsys.readouterr().err
