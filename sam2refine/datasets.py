@@ -77,7 +77,7 @@ class NnUNetDataset:
             raise DatasetError(f"Case {case.case_id} of {self.root}: {exc}") from exc
         if case.label_path is None:
             return image, None
-        labels = _read_label_file(case.label_path)
+        labels = read_label_file(case.label_path)
         if not labels.same_geometry(image, tol=_GEOMETRY_TOL_MM):
             raise DatasetError(
                 f"Case {case.case_id}: the label file {case.label_path.name} has a different "
@@ -297,7 +297,9 @@ def _test_cases(root: Path, ending: str, num_channels: int) -> list[DatasetCase]
     return cases
 
 
-def _read_label_file(path: Path) -> Volume:
+def read_label_file(path: str | Path) -> Volume:
+    """A label map file (NIfTI, NRRD, ...) as an integer Volume on its own grid."""
+    path = Path(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -37,6 +37,7 @@ PIP_REQUIREMENTS = (
     "tqdm>=4.66.1,<5",  # >=4.66.1 for SAM 2
     "requests>=2.31,<3",  # the remote client
     "monai>=1.4,<2",  # the prompt generator (U-Net)
+    "scipy>=1.10,<2",  # MONAI's surface distances (NSD in evaluation)
     "safetensors>=0.4,<1",  # adapter files
     "hydra-core>=1.3.2",  # the rest are SAM 2's own requirements
     "iopath>=0.1.10",
