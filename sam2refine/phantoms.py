@@ -134,12 +134,13 @@ def _tissue_values(rng: np.random.Generator) -> dict[str, float]:
     return {
         "fat": rng.uniform(-110, -85),
         "muscle": rng.uniform(38, 50),
-        "bowel": rng.uniform(25, 55),
-        "liver": rng.uniform(55, 66),
+        "bowel": rng.uniform(28, 58),
+        "liver": rng.uniform(52, 64),
         "spleen": rng.uniform(47, 58),
         "kidney_cortex": rng.uniform(30, 40),
         "kidney_medulla": rng.uniform(18, 26),
         "aorta": rng.uniform(170, 240) if contrast else rng.uniform(35, 48),
+        "vessel": rng.uniform(110, 170) if contrast else rng.uniform(32, 45),
         "cancellous": rng.uniform(170, 250),
         "cortical": rng.uniform(400, 600),
         "csf": rng.uniform(5, 15),
@@ -240,10 +241,30 @@ def _paint_organs(
         if name.startswith("kidney"):
             medulla = _blob(grid, centre_mm, axes_mm, rot, rng, scale=0.6) & organ
             image[medulla] = hu["kidney_medulla"]
+        if name == "liver":  # patchy parenchyma and intrahepatic vessels, all labelled liver
+            patches = _smooth_field(rng, image.shape, sigma_vox=(1.0, 2.0, 2.0))
+            image[organ] += 10.0 * patches[organ]
+            image[_vessels(grid, centre_mm, axes_mm, rng) & organ] = hu["vessel"]
         labels[organ] = PHANTOM_ORGANS[name]
     aorta = _aorta(grid, rng) & cavity
     image[aorta] = hu["aorta"]
     labels[aorta] = PHANTOM_ORGANS["aorta"]
+
+
+def _vessels(
+    grid: _Grid, centre: np.ndarray, semi_axes: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Three to five straight tubes branching out from near an organ's centre."""
+    points = np.stack([grid.x, grid.y, grid.z], axis=-1)
+    tubes = np.zeros(grid.x.shape, bool)
+    radius = 0.05 * grid.body[1] * rng.uniform(0.8, 1.3)
+    start = centre + rng.uniform(-0.2, 0.2, 3) * semi_axes
+    for _ in range(rng.integers(3, 6)):
+        end = centre + rng.uniform(-0.8, 0.8, 3) * semi_axes
+        step = end - start
+        t = np.clip((points - start) @ step / float(step @ step + 1e-6), 0.0, 1.0)
+        tubes |= np.sum((points - start - t[..., None] * step) ** 2, axis=-1) <= radius**2
+    return tubes
 
 
 def _aorta(grid: _Grid, rng: np.random.Generator) -> np.ndarray:

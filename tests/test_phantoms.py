@@ -76,7 +76,7 @@ def test_overlapping_organs_cannot_be_segmented_by_a_threshold(phantom_cases):
         voxels = image.voxels
         for name in ("liver", "spleen", "kidney_left", "kidney_right"):
             dice = _best_window_dice(voxels, labels.voxels == PHANTOM_ORGANS[name])
-            assert dice < 0.8, (name, dice)
+            assert dice < 0.75, (name, dice)  # "clearly below 0.8"
 
 
 def test_same_seed_same_phantom_other_seed_other_anatomy(phantom_cases):
