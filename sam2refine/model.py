@@ -73,6 +73,10 @@ def build_model(
     from omegaconf import OmegaConf
 
     config = get_entry(name).config
+    if adapters is not None:  # refuse a missing or damaged file before minutes of loading
+        from sam2refine.adapter_io import read_adapter_file
+
+        read_adapter_file(adapters)
     overrides = image_size_overrides(image_size) + _VIDEO_OVERRIDES
     if predictor:
         overrides.append("++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor")
