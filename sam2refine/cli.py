@@ -14,7 +14,7 @@ log = logging.getLogger("sam2refine")
 # Further commands, each a module with `register(subparsers)` (keeps this file small).
 _COMMAND_MODULES = ("sam2refine.cli_export", "sam2refine.cli_serve", "sam2refine.cli_auto",
                     "sam2refine.cli_data", "sam2refine.cli_evaluate",
-                    "sam2refine.cli_promptgen")
+                    "sam2refine.cli_finetune", "sam2refine.cli_promptgen")
 
 
 def main(argv: list[str] | None = None) -> int:
