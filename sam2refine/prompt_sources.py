@@ -19,33 +19,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sam2refine.errors import PromptGeneratorError
+from sam2refine.promptgen import OrganProposal, Proposals
 from sam2refine.slicing import SliceStack, slice_stack
 from sam2refine.volume import Volume, load_label_volume, resample_to
-
-try:
-    from sam2refine.promptgen import OrganProposal, Proposals
-except ModuleNotFoundError:  # TEMPORARY copy until sam2refine/promptgen.py lands
-    from dataclasses import dataclass
-
-    @dataclass
-    class OrganProposal:  # type: ignore[no-redef]
-        name: str
-        label: int
-        probability: np.ndarray
-        mask: np.ndarray
-        boxes: dict[int, tuple[int, int, int, int]]
-        z_extent: tuple[int, int] | None
-
-    @dataclass
-    class Proposals:  # type: ignore[no-redef]
-        volume: Volume
-        organs: dict[str, OrganProposal]
-
-        def label_volume(self) -> Volume:
-            labels = np.zeros(self.volume.voxels.shape, np.uint16)
-            for organ in self.organs.values():
-                labels[organ.mask] = organ.label
-            return self.volume.with_voxels(labels)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 Names = Mapping[int, str] | str | Path | None

@@ -71,6 +71,7 @@ def test_auto_segment_keeps_every_stage_on_the_source_grid(phantom_result):
         assert set(np.unique(stage.label_volume.voxels)) <= {0, 2}
     assert not np.array_equal(result.stage1.label_volume.voxels, proposed)  # SAM 2 made it
     assert result.unet.boxes == result.stage1.boxes
+    assert any(result.stage2.points["Liver"].values())  # stage 2 clicked where they disagree
     segment = result.segments()[0]
     assert (segment.name, segment.label) == ("Liver", 2)
     assert result.prompts["Liver"].frame_range == (2, 10)

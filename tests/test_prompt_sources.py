@@ -125,3 +125,42 @@ def test_unusable_label_files_fail_clearly(tmp_path):
         LabelFilePromptSource(elsewhere, {3: "liver"}).proposals(volume)
     with pytest.raises(PromptGeneratorError, match="not found"):
         LabelFilePromptSource(tmp_path / "missing.nii.gz")
+
+
+# ----- U-Net checkpoints ---------------------------------------------------------------------
+def tiny_unet_checkpoint(path, labels):
+    """An untrained, very small prompt generator checkpoint for `labels`."""
+    from sam2refine.promptgen import (
+        CHECKPOINT_KIND,
+        FORMAT_VERSION,
+        PromptGenConfig,
+        build_unet,
+        write_checkpoint,
+    )
+
+    config = PromptGenConfig(labels=labels, image_size=32, channels=(4, 8), strides=(2,),
+                             num_res_units=0)
+    payload = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION,
+               "model": build_unet(config).state_dict(), "config": config.to_dict()}
+    return write_checkpoint(path, payload)
+
+
+def test_unet_source_proposes_the_organs_it_knows(tmp_path):
+    path = tiny_unet_checkpoint(tmp_path / "unet.pt", {"liver": 1, "spleen": 2})
+    source = open_prompt_source(path)
+    assert isinstance(source, PromptSource) and "unet.pt" in source.description
+    volume = make_phantom()
+    proposals = source.proposals(volume, ["Spleen"])
+    assert list(proposals.organs) == ["spleen"]
+    organ = proposals.organs["spleen"]
+    assert organ.mask.shape == volume.voxels.shape and organ.label == 2
+
+
+def test_unusable_checkpoints_fail_clearly(tmp_path, tiny_checkpoint):
+    path = tiny_unet_checkpoint(tmp_path / "unet.pt", {"liver": 1, "spleen": 2})
+    with pytest.raises(PromptGeneratorError, match=r"trained for other labels.*'heart'"):
+        open_prompt_source(path).proposals(make_phantom(), ["liver", "heart"])
+    with pytest.raises(PromptGeneratorError, match="a SAM 2 checkpoint"):
+        open_prompt_source(tiny_checkpoint)
+    with pytest.raises(PromptGeneratorError, match="only apply to label files"):
+        open_prompt_source(path, {1: "liver"})
