@@ -56,8 +56,8 @@ def _train(args: argparse.Namespace) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise SAM2RefineError(f"--{name.replace('_', '-')} must be at least 1.")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise SAM2RefineError("--val-fraction must be at least 0 and below 1.")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise SAM2RefineError("--val-fraction must be above 0 and below 1.")
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError as exc:
