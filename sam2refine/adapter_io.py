@@ -24,6 +24,7 @@ from sam2refine.adapters import (
     adapter_config,
     adapter_state_dict,
     add_adapters,
+    detach_adapter,
     expected_adapter_shapes,
     named_adapters,
 )
@@ -100,6 +101,16 @@ def read_adapter_file(path: str | Path) -> tuple[AdapterFileInfo, dict[str, torc
     return _parse_metadata(path, meta), tensors
 
 
+def check_adapter_file(
+    path: str | Path, *, base_model_name: str, base_checkpoint_sha256: str | None,
+    image_size: int,
+) -> AdapterFileInfo:
+    """Refuse a damaged file or one made for another base, before any model is built."""
+    info, _ = read_adapter_file(path)
+    _check_base(path, info, base_model_name, _normalise_sha(base_checkpoint_sha256), image_size)
+    return info
+
+
 def load_adapters(
     model: nn.Module, path: str | Path, *, base_model_name: str,
     base_checkpoint_sha256: str | None, image_size: int,
@@ -151,10 +162,7 @@ def merge_adapters(model: nn.Module) -> list[str]:
             continue
         host = model.get_submodule(name.rsplit(".", 1)[0])
         module.merge_into(host)
-        for key, hook in list(host._forward_hooks.items()):
-            if getattr(hook, "__self__", None) is module:
-                del host._forward_hooks[key]
-        del host.adapter
+        detach_adapter(host)
         merged.append(name)
     setattr(model, MERGED_ATTR, merged_adapters(model) + tuple(merged))
     return merged

@@ -190,6 +190,15 @@ def _attach(host: nn.Module, adapter: nn.Module) -> None:
     host.register_forward_hook(adapter.hook)
 
 
+def detach_adapter(host: nn.Module) -> None:
+    """Remove `host`'s adapter and the hook that adds it; the host computes as before."""
+    adapter = host.adapter
+    for key, hook in list(host._forward_hooks.items()):
+        if getattr(hook, "__self__", None) is adapter:
+            del host._forward_hooks[key]
+    del host.adapter
+
+
 def _sites(model: nn.Module, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module]]:
     """(host, adapter) pairs for every enabled site of a SAM2Base model."""
     pairs: list[tuple[nn.Module, nn.Module]] = []
@@ -247,6 +256,22 @@ def add_adapters(model: nn.Module, config: AdapterConfig | None = None) -> nn.Mo
     setattr(model, CONFIG_ATTR, config)
     setattr(model, MERGED_ATTR, ())
     log.info(parameter_summary(model))
+    return model
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Take every adapter off `model` in place, leaving the base model; returns the model.
+
+    Refused after merge_adapters, whose changes to the base weights cannot be undone.
+    """
+    if getattr(model, MERGED_ATTR, ()):
+        raise AdapterError("Adapters merged into the base weights cannot be removed; rebuild "
+                           "the model from its checkpoint instead.")
+    for name, _ in named_adapters(model):
+        detach_adapter(model.get_submodule(name.rsplit(".", 1)[0]))
+    for attr in (CONFIG_ATTR, MERGED_ATTR, TRAINED_DECODER_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model
 
 

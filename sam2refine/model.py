@@ -73,10 +73,7 @@ def build_model(
     from omegaconf import OmegaConf
 
     config = get_entry(name).config
-    if adapters is not None:  # refuse a missing or damaged file before minutes of loading
-        from sam2refine.adapter_io import read_adapter_file
-
-        read_adapter_file(adapters)
+    base_sha = _check_adapters(adapters, name, image_size, checkpoint) if adapters else None
     overrides = image_size_overrides(image_size) + _VIDEO_OVERRIDES
     if predictor:
         overrides.append("++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor")
@@ -85,21 +82,29 @@ def build_model(
     model = instantiate(cfg.model, _recursive_=True)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, expected_name=name)
-    if adapters is not None:
-        _attach_adapter_file(model, adapters, name, image_size, checkpoint)
+    if adapters:
+        from sam2refine.adapter_io import load_adapters
+
+        info = load_adapters(model, adapters, base_model_name=name,
+                             base_checkpoint_sha256=base_sha, image_size=image_size)
+        log.info("Adapters %s attached (%s%s)", adapters, info.config,
+                 ", with fine-tuned mask decoder" if info.includes_decoder else "")
     return model.to(resolve_device(device)).eval()
 
 
-def _attach_adapter_file(model: torch.nn.Module, adapters: str | Path, name: str,
-                         image_size: int, checkpoint: str | Path | None) -> None:
-    from sam2refine.adapter_io import load_adapters
+def _check_adapters(adapters: str | Path, name: str, image_size: int,
+                    checkpoint: str | Path | None) -> str | None:
+    """Refuse an adapter file that does not fit before minutes of model loading; returns the
+    checkpoint's SHA-256 (None without a checkpoint)."""
+    from sam2refine.adapter_io import check_adapter_file
     from sam2refine.weights import sha256_file
 
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        read_state_dict(checkpoint)  # raises its "checkpoint not found" error
     sha = sha256_file(checkpoint) if checkpoint is not None else None
-    info = load_adapters(model, adapters, base_model_name=name, base_checkpoint_sha256=sha,
-                         image_size=image_size)
-    log.info("Adapters %s attached (%s%s)", adapters, info.config,
-             ", with fine-tuned mask decoder" if info.includes_decoder else "")
+    check_adapter_file(adapters, base_model_name=name, base_checkpoint_sha256=sha,
+                       image_size=image_size)
+    return sha
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:

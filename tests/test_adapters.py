@@ -29,6 +29,7 @@ from sam2refine.adapters import (
     freeze_base,
     named_adapters,
     parameter_summary,
+    remove_adapters,
 )
 from sam2refine.cli import main
 from sam2refine.errors import AdapterError
@@ -55,10 +56,33 @@ def _perturb(model, site_prefix: str = "", seed: int = 0):
     return model
 
 
+@pytest.fixture(scope="module")
+def work(tiny_model):
+    """One private copy of the shared tiny model (copies cost a second each on CPU)."""
+    return copy.deepcopy(tiny_model)
+
+
+def _restore(model, reference) -> None:
+    """Back to `reference`: adapters off, trainability, grads and the mask decoder's weights
+    (the only base weights tests change; a whole reload would cost a second)."""
+    remove_adapters(model)
+    model.sam_mask_decoder.load_state_dict(reference.sam_mask_decoder.state_dict())
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+
+
 @pytest.fixture
-def adapted(tiny_model):
-    """A copy of the shared tiny model with default adapters (the fixture stays untouched)."""
-    return add_adapters(copy.deepcopy(tiny_model))
+def base_copy(work, tiny_model):
+    """The private copy, restored to the base model after the test."""
+    yield work
+    _restore(work, tiny_model)
+
+
+@pytest.fixture
+def adapted(base_copy):
+    """The private copy with default, untrained adapters."""
+    return add_adapters(base_copy)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +128,21 @@ def base_logits(tiny_model):
     return _session_logits(tiny_model)
 
 
+@pytest.fixture(scope="module")
+def base_features(tiny_model):
+    return _features(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def trained_features(trained):
+    return _features(trained)
+
+
+@pytest.fixture(scope="module")
+def trained_site_outputs(trained):
+    return _site_outputs(trained)
+
+
 def _same(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e-6) -> bool:
     return all(torch.allclose(x, y, atol=atol) for x, y in zip(a, b, strict=True))
 
@@ -122,16 +161,16 @@ def test_default_adapters_are_under_one_percent_of_tiny_at_1024_px():
     assert 0 < adapters < 0.01 * (total - adapters)
 
 
-def test_zero_init_adapters_keep_every_output_of_the_base_model(tiny_model, adapted,
+def test_zero_init_adapters_keep_every_output_of_the_base_model(base_features, adapted,
                                                                 base_logits):
-    assert _same(_features(tiny_model), _features(adapted))
+    assert _same(base_features, _features(adapted))
     assert _same(_session_logits(adapted), base_logits)
 
 
 @pytest.mark.parametrize("site", ["encoder", "neck"])
-def test_trained_image_adapters_change_the_image_features(tiny_model, adapted, site):
+def test_trained_image_adapters_change_the_image_features(base_features, adapted, site):
     _perturb(adapted, SITES[site])
-    assert not _same(_features(tiny_model), _features(adapted), atol=1e-3)
+    assert not _same(base_features, _features(adapted), atol=1e-3)
 
 
 def test_trained_memory_adapters_change_only_the_tracked_slices(adapted, base_logits):
@@ -169,10 +208,18 @@ def test_adding_the_same_adapters_twice_changes_nothing(adapted):
         add_adapters(adapted, AdapterConfig(encoder_bottleneck=8))
 
 
-def test_bottleneck_widths_are_configurable_per_site(tiny_model):
+def test_removing_adapters_gives_back_the_base_model(adapted, tiny_model, base_features):
+    _perturb(adapted)
+    remove_adapters(adapted)
+    assert adapter_config(adapted) is None and not named_adapters(adapted)
+    assert list(adapted.state_dict()) == list(tiny_model.state_dict())
+    assert all(map(torch.equal, _features(adapted), base_features))
+
+
+def test_bottleneck_widths_are_configurable_per_site(base_copy):
     config = AdapterConfig(encoder_bottleneck=8, neck_bottleneck=0, memory_bottleneck=4,
                            decoder_bottleneck=0)
-    model = add_adapters(copy.deepcopy(tiny_model), config)
+    model = add_adapters(base_copy, config)
     names = [name for name, _ in named_adapters(model)]
     assert len(names) == 12 + 4 and not any(n.startswith(("image_encoder.neck", "sam_mask"))
                                             for n in names)
@@ -186,23 +233,24 @@ def test_freeze_base_trains_only_adapters_and_gradients_reach_them(adapted):
     ids = {id(p) for p in trainable}
     assert ids == {id(p) for p in adapter_parameters(adapted)}
     assert all(p.requires_grad == (id(p) in ids) for p in adapted.parameters())
-    out = adapted.forward_image(_image())
-    sum(level.square().mean() for level in out["backbone_fpn"]).backward()
-    encoder = [m for n, m in named_adapters(adapted) if n.startswith("image_encoder")]
-    assert all(m.up.weight.grad is not None and m.up.weight.grad.abs().sum() > 0
-               for m in encoder)
-    assert all(p.grad is None for p in adapted.image_encoder.parameters() if id(p) not in ids)
+    sum(out.square().mean() for out in _site_outputs(adapted, grad=True)).backward()
+    used = [adapted.image_encoder.trunk.blocks[0].attn.adapter,
+            adapted.image_encoder.neck.convs[3].conv.adapter,
+            adapted.memory_attention.layers[0].adapter,
+            *(m for n, m in named_adapters(adapted) if n.startswith("sam_mask_decoder"))]
+    assert all(m.up.weight.grad is not None and m.up.weight.grad.abs().sum() > 0 for m in used)
+    assert all(p.grad is None for p in adapted.parameters() if id(p) not in ids)
     with_decoder = freeze_base(adapted, train_decoder=True)
     assert len(with_decoder) > len(trainable)
     assert all(p.requires_grad for p in adapted.sam_mask_decoder.parameters())
 
 
-def _site_outputs(model) -> list[torch.Tensor]:
+def _site_outputs(model, grad: bool = False) -> list[torch.Tensor]:
     """Outputs of one host of each adapter kind, on random inputs of the right shapes."""
     gen = torch.Generator().manual_seed(1)
     rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
     tokens, side = rand(1, 256, 256), model.sam_image_embedding_size
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         return [
             model.image_encoder.trunk.blocks[0](rand(1, 64, 64, 96)),  # windowed Hiera block
             model.image_encoder.neck.convs[3](rand(1, 96, 64, 64)),
@@ -213,44 +261,55 @@ def _site_outputs(model) -> list[torch.Tensor]:
         ]
 
 
-def test_adapters_follow_the_host_dtype_and_run_under_bf16_autocast(tiny_model, trained):
-    half = add_adapters(copy.deepcopy(tiny_model).to(torch.bfloat16))
-    assert {p.dtype for p in adapter_parameters(half)} == {torch.bfloat16}
+def test_adapters_follow_their_host_dtype(base_copy):
+    base_copy.sam_mask_decoder.to(torch.bfloat16)
+    try:
+        add_adapters(base_copy)
+        dtypes = {(name.split(".")[0], p.dtype) for name, module in named_adapters(base_copy)
+                  for p in module.parameters()}
+    finally:
+        base_copy.sam_mask_decoder.float()
+    assert dtypes == {("image_encoder", torch.float32), ("memory_attention", torch.float32),
+                      ("sam_mask_decoder", torch.bfloat16)}
+
+
+def test_adapters_run_under_bf16_autocast(trained, trained_site_outputs):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = _site_outputs(trained)
-    full = _site_outputs(trained)
+    full = trained_site_outputs
     for a, b in zip(low, full, strict=True):
         assert torch.isfinite(a).all()
         assert (a.float() - b).abs().mean() < 0.05 * b.abs().mean()
 
 
-def test_save_then_load_gives_identical_outputs(tiny_model, trained, adapter_file, base_sha):
+def test_save_then_load_gives_identical_outputs(base_copy, trained, trained_features,
+                                                adapter_file, base_sha):
     info, tensors = read_adapter_file(adapter_file)
     assert info.base_model_name == TINY and info.image_size == TEST_IMAGE_SIZE
     assert info.base_checkpoint_sha256 == base_sha and not info.includes_decoder
     assert set(tensors) == set(adapter_state_dict(trained))
     assert adapter_file.stat().st_size < 2_000_000
-    loaded = copy.deepcopy(tiny_model)
+    loaded = base_copy
     load_adapters(loaded, adapter_file, base_model_name=TINY, base_checkpoint_sha256=base_sha,
                   image_size=TEST_IMAGE_SIZE)
     ours, theirs = adapter_state_dict(loaded), adapter_state_dict(trained)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    assert all(torch.equal(a, b) for a, b in zip(_features(loaded), _features(trained)))
+    assert all(torch.equal(a, b) for a, b in zip(_features(loaded), trained_features))
 
 
-def test_a_trained_decoder_travels_with_the_adapters(tiny_model, base_sha, tmp_path):
-    model = _perturb(add_adapters(copy.deepcopy(tiny_model)))
+def test_a_trained_decoder_travels_with_the_adapters(adapted, tiny_model, base_sha, tmp_path):
+    model = _perturb(adapted)
     freeze_base(model, train_decoder=True)
     with torch.no_grad():
         model.sam_mask_decoder.iou_token.weight.add_(1.0)
+    trained_token = model.sam_mask_decoder.iou_token.weight.detach().clone()
     path = save_adapters(model, tmp_path / "a.safetensors", base_model_name=TINY,
                          base_checkpoint_sha256=base_sha, image_size=TEST_IMAGE_SIZE)
-    loaded = copy.deepcopy(tiny_model)
-    info = load_adapters(loaded, path, base_model_name=TINY, base_checkpoint_sha256=base_sha,
+    _restore(model, tiny_model)
+    info = load_adapters(model, path, base_model_name=TINY, base_checkpoint_sha256=base_sha,
                          image_size=TEST_IMAGE_SIZE)
     assert info.includes_decoder
-    assert torch.equal(loaded.sam_mask_decoder.iou_token.weight,
-                       model.sam_mask_decoder.iou_token.weight)
+    assert torch.equal(model.sam_mask_decoder.iou_token.weight, trained_token)
 
 
 def _rewrite(path, tmp_path, drop_key=False, metadata=None):
@@ -282,44 +341,46 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("case", REFUSALS)
-def test_mismatched_or_damaged_adapter_files_are_refused(tiny_model, adapter_file, base_sha,
+def test_mismatched_or_damaged_adapter_files_are_refused(base_copy, adapter_file, base_sha,
                                                          tmp_path, case):
     change, make_file, message = REFUSALS[case]
     kwargs = {"base_model_name": TINY, "base_checkpoint_sha256": base_sha,
               "image_size": TEST_IMAGE_SIZE, **change}
     path = make_file(adapter_file, tmp_path) if make_file else adapter_file
-    model = copy.deepcopy(tiny_model)
     with pytest.raises(AdapterError, match=message):
-        load_adapters(model, path, **kwargs)
-    assert adapter_config(model) is None  # a refused file leaves the model untouched
+        load_adapters(base_copy, path, **kwargs)
+    assert adapter_config(base_copy) is None and not named_adapters(base_copy)  # untouched
 
 
-def test_merging_folds_the_neck_adapters_without_changing_outputs(trained):
+def test_merging_folds_the_neck_adapters_without_changing_outputs(trained, trained_features,
+                                                                  trained_site_outputs):
     model = copy.deepcopy(trained)
     merged = merge_adapters(model)
     assert merged == [f"image_encoder.neck.convs.{i}.conv.adapter" for i in range(4)]
     assert merged_adapters(model) == tuple(merged)
     assert len(named_adapters(model)) == 12 + 4 + 7  # encoder, memory, decoder stay
-    assert _same(_features(model), _features(trained), atol=1e-5)
-    assert _same(_site_outputs(model), _site_outputs(trained), atol=1e-5)
+    assert _same(_features(model), trained_features, atol=1e-5)
+    assert _same(_site_outputs(model), trained_site_outputs, atol=1e-5)
     for ours, theirs in zip(model.image_encoder.neck.convs, trained.image_encoder.neck.convs):
         assert not hasattr(ours.conv, "adapter") and not ours.conv._forward_hooks
         assert not torch.allclose(ours.conv.weight, theirs.conv.weight)
+    with pytest.raises(AdapterError, match="merged"):
+        remove_adapters(model)
     with pytest.raises(AdapterError, match="merged"):
         save_adapters(model, "unused.safetensors", base_model_name=TINY,
                       base_checkpoint_sha256=None, image_size=TEST_IMAGE_SIZE)
 
 
-def test_build_model_attaches_adapters_only_to_their_checkpoint(trained, tiny_checkpoint,
-                                                                adapter_file):
+def test_build_model_attaches_adapters_only_to_their_checkpoint(trained_features,
+                                                                tiny_checkpoint, adapter_file):
     model = build_model(TINY, TEST_IMAGE_SIZE, tiny_checkpoint, "cpu", adapters=adapter_file)
-    assert all(torch.equal(a, b) for a, b in zip(_features(model), _features(trained)))
+    assert all(torch.equal(a, b) for a, b in zip(_features(model), trained_features))
     with pytest.raises(AdapterError, match="random weights"):
         build_model(TINY, TEST_IMAGE_SIZE, None, "cpu", adapters=adapter_file)
 
 
 def test_cli_segment_uses_adapters(tmp_path, tiny_checkpoint, adapter_file, caplog, capsys):
-    volume = make_phantom((3, 40, 48))
+    volume = make_phantom((2, 40, 48))
     sitk.WriteImage(volume.to_sitk(), str(tmp_path / "ct.nii.gz"))
     prompts = {"coordinates": "ijk",
                "segments": [{"name": "organ", "points": [{"position": [19, 20, 1]}]}]}
