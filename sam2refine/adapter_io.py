@@ -136,10 +136,10 @@ def load_adapters(
         expected.update({k: v.shape for k, v in _decoder_state(model).items()})
     _check_tensors(path, expected, tensors)
     add_adapters(model, info.config)
-    params = dict(model.named_parameters())
+    state = model.state_dict()  # shares storage with the parameters (and buffers)
     with torch.no_grad():
         for key, value in tensors.items():
-            params[key].copy_(value)
+            state[key].copy_(value)
     return info
 
 

@@ -395,3 +395,11 @@ def test_cli_segment_uses_adapters(tmp_path, tiny_checkpoint, adapter_file, capl
     assert labels.shape == volume.voxels.shape and np.isin(labels, [0, 1]).all()
     assert main([*args, "--adapters", str(tmp_path / "missing.safetensors")]) == 2
     assert "Adapter file not found" in capsys.readouterr().err
+
+
+def test_cli_serve_refuses_a_missing_adapter_file_before_loading(tmp_path, tiny_checkpoint,
+                                                                 capsys):
+    args = ["serve", "--port", "0", "--device", "cpu", "--image-size", str(TEST_IMAGE_SIZE),
+            "--checkpoint", str(tiny_checkpoint), "--adapters", str(tmp_path / "no.safetensors")]
+    assert main(args) == 2
+    assert "Adapter file not found" in capsys.readouterr().err
