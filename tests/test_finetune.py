@@ -278,3 +278,53 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
     code = main(["finetune", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "Dataset folder not found" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(phantom_root,
+                                                                  tiny_checkpoint):
+    from sam2refine.adapters import add_adapters, freeze_base
+    from sam2refine.finetune import adapter_config
+    from sam2refine.finetune_clip import enable_grad_checkpointing, run_clip
+    from sam2refine.model import build_model
+    from sam2refine.prompt_simulation import PromptPlan, Round
+
+    model = build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu")
+    add_adapters(model, adapter_config(8))
+    freeze_base(model)
+    with torch.no_grad():  # non-zero up-projections, so every adapter weight gets a gradient
+        for name, p in model.named_parameters():
+            if name.endswith("up.weight"):
+                p.normal_(0, 0.01)
+    clip = _clip_dataset(phantom_root, clip_length=1)[0]
+
+    def loss_and_grads():
+        model.zero_grad()
+        plan = PromptPlan("box", (Round(3),))
+        result = run_clip(model, clip.images, clip.masks, plan, torch.Generator().manual_seed(0))
+        result.loss.total.backward()
+        return float(result.loss.total.detach()), {n: p.grad.clone() for n, p in
+                                          model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = loss_and_grads()
+    assert enable_grad_checkpointing(model) == len(model.image_encoder.trunk.blocks)
+    ckpt_loss, ckpt = loss_and_grads()
+    assert any(n.startswith("image_encoder.trunk") for n in plain)
+    assert plain.keys() == ckpt.keys() and ckpt_loss == pytest.approx(plain_loss, rel=1e-5)
+    for name, grad in plain.items():
+        torch.testing.assert_close(ckpt[name], grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_decoder_also_trains_the_mask_decoder(phantom_root, tiny_checkpoint, tmp_path):
+    from sam2refine.finetune import Trainer
+    from sam2refine.model import build_model
+
+    model = build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu")
+    trainer = Trainer(model, _config(phantom_root, tmp_path, tiny_checkpoint,
+                                     train_decoder=True), total_steps=1)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    decoder = {n for n, _ in trainer.model.sam_mask_decoder.named_parameters(
+        prefix="sam_mask_decoder")}
+    assert decoder <= trainable
+    assert not any(n.startswith("image_encoder") and ".adapter." not in n for n in trainable)
