@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="slices beyond each organ's proposed extent SAM 2 may fill")
     auto.add_argument("--model", default="sam2.1_hiera_tiny")
     auto.add_argument("--checkpoint", help="local SAM 2 checkpoint; default: official weights")
+    auto.add_argument("--adapters", metavar="FILE",
+                      help="fine-tuned adapters (.safetensors from `finetune`) for that checkpoint")
     auto.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
     auto.add_argument("--device", default="auto", choices=DEVICES)
     auto.add_argument("--intensity", default="ct", help="ct, ct-<window> or mr (see segment)")
@@ -58,7 +60,7 @@ def _auto(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(args.model, args.checkpoint)
-    model = build_model(args.model, args.image_size, checkpoint, device)
+    model = build_model(args.model, args.image_size, checkpoint, device, adapters=args.adapters)
     source = None
     if args.prompt_generator:
         from sam2refine.prompt_sources import UNetPromptSource

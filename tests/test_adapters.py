@@ -403,3 +403,16 @@ def test_cli_serve_refuses_a_missing_adapter_file_before_loading(tmp_path, tiny_
             "--checkpoint", str(tiny_checkpoint), "--adapters", str(tmp_path / "no.safetensors")]
     assert main(args) == 2
     assert "Adapter file not found" in capsys.readouterr().err
+
+
+def test_cli_auto_refuses_a_missing_adapter_file_before_loading(tmp_path, tiny_checkpoint,
+                                                                capsys):
+    volume = make_phantom((2, 40, 48))
+    sitk.WriteImage(volume.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    args = ["auto", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "seg.seg.nrrd"),
+            "--prompts-from", str(tmp_path / "ct.nii.gz"), "--device", "cpu",
+            "--image-size", str(TEST_IMAGE_SIZE), "--checkpoint", str(tiny_checkpoint),
+            "--adapters", str(tmp_path / "no.safetensors")]
+    assert main(args) == 2
+    assert "Adapter file not found" in capsys.readouterr().err
+    assert not (tmp_path / "seg.seg.nrrd").exists()
