@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sam2refine.errors import PromptGeneratorError
-from sam2refine.promptgen import OrganProposal, Proposals
+from sam2refine.promptgen import OrganProposal, Proposals, organ_boxes
 from sam2refine.slicing import SliceStack, slice_stack
 from sam2refine.volume import Volume, load_label_volume, resample_to
 
@@ -59,22 +59,11 @@ def match_organs(available: Sequence[str], wanted: Sequence[str] | None, what: s
     return [by_key[normalize_name(w)] for w in wanted]
 
 
-def axial_boxes(mask_kji: np.ndarray, stack: SliceStack) -> dict[int, tuple[int, int, int, int]]:
-    """Inclusive (row0, col0, row1, col1) of the mask on every axial frame it touches."""
-    frames = stack.frames(mask_kji)
-    boxes = {}
-    for f in np.nonzero(frames.reshape(len(frames), -1).any(1))[0]:
-        rows = np.nonzero(frames[f].any(1))[0]
-        cols = np.nonzero(frames[f].any(0))[0]
-        boxes[int(f)] = (int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1]))
-    return boxes
-
-
 def proposal_from_mask(name: str, label: int, mask_kji: np.ndarray, stack: SliceStack,
                        probability: np.ndarray | None = None) -> OrganProposal:
     """An organ proposal from a mask on the image grid: boxes and z-extent on `stack`."""
     mask = np.asarray(mask_kji, bool)
-    boxes = axial_boxes(mask, stack)
+    boxes = organ_boxes(mask, stack)
     extent = (min(boxes), max(boxes)) if boxes else None
     prob = mask.astype(np.float16) if probability is None else probability
     return OrganProposal(name=name, label=int(label), probability=prob, mask=mask, boxes=boxes,
