@@ -88,8 +88,8 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for combo in (ui.modelComboBox, ui.imageSizeComboBox, ui.deviceComboBox):
             combo.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
         ui.localRadioButton.connect("toggled(bool)", self.onModelSettingsChanged)
-        ui.checkpointPathLineEdit.connect("currentPathChanged(QString)",
-                                          self.onModelSettingsChanged)
+        for pathEdit in (ui.checkpointPathLineEdit, ui.adaptersPathLineEdit):
+            pathEdit.connect("currentPathChanged(QString)", self.onModelSettingsChanged)
         ui.downloadWeightsButton.connect("clicked()", self.onDownloadWeights)
         ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         ui.installDependenciesButton.connect("clicked()", lambda: self.onInstallDependencies())
@@ -171,8 +171,8 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.testConnectionButton):
             widget.enabled = remote
         for widget in (self.ui.modelComboBox, self.ui.checkpointPathLineEdit,
-                       self.ui.imageSizeComboBox, self.ui.deviceComboBox,
-                       self.ui.downloadWeightsButton):
+                       self.ui.adaptersPathLineEdit, self.ui.imageSizeComboBox,
+                       self.ui.deviceComboBox, self.ui.downloadWeightsButton):
             widget.enabled = not remote and not busy
 
     def onInputsChanged(self, *args):
@@ -254,7 +254,8 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job = self.logic.loadModelJob(
                 self.ui.modelComboBox.currentData, int(self.ui.imageSizeComboBox.currentText),
                 self.ui.checkpointPathLineEdit.currentPath or None,
-                self.ui.deviceComboBox.currentText)
+                self.ui.deviceComboBox.currentText,
+                adapters=self.ui.adaptersPathLineEdit.currentPath or None)
             return self.runJob(job, then=lambda _: self.withSession(action))
         job = self.logic.startSessionJob(
             volume, self.ui.segmentationSelector.currentNode(),

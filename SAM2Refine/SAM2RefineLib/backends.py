@@ -58,8 +58,10 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
 
 def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
                device: str = "auto", progress: Callable[[int, int], None] | None = None,
-               cancel: threading.Event | None = None) -> Any:
-    """Build SAM 2.1 with verified weights (downloaded into the cache when missing)."""
+               cancel: threading.Event | None = None, *,
+               adapters: str | Path | None = None) -> Any:
+    """Build SAM 2.1 with verified weights (downloaded into the cache when missing), plus
+    fine-tuned `adapters` when given (checked against that checkpoint before loading)."""
     from sam2refine.model import build_model, resolve_device
     from sam2refine.weights import resolve_checkpoint
 
@@ -69,7 +71,8 @@ def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
 
     path = resolve_checkpoint(name, checkpoint or None, download=True, progress=False,
                               cancel=cancel, on_progress=report)
-    model = build_model(name, int(image_size), path, resolve_device(device))
+    model = build_model(name, int(image_size), path, resolve_device(device),
+                        adapters=adapters or None)
     if progress is not None:
         progress(100, 100)
     return model

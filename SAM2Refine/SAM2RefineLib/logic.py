@@ -54,10 +54,13 @@ class SAM2RefineLogicBase:
         self.model = model
 
     def loadModelJob(self, name: str = "sam2.1_hiera_tiny", imageSize: int = 512,
-                     checkpoint: str | None = None, device: str = "auto") -> Job:
-        """Build the model, downloading the official weights into the cache if needed."""
+                     checkpoint: str | None = None, device: str = "auto",
+                     adapters: str | None = None) -> Job:
+        """Build the model, downloading the official weights into the cache if needed; with
+        `adapters`, fine-tuned adapters (.safetensors) for that checkpoint go on top."""
         def run(progress, cancel):
-            return backends.load_model(name, imageSize, checkpoint, device, progress, cancel)
+            return backends.load_model(name, imageSize, checkpoint, device, progress, cancel,
+                                       adapters=adapters)
         return Job(f"Loading {name}", run, self._modelLoaded)
 
     def _modelLoaded(self, model):

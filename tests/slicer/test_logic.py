@@ -283,3 +283,36 @@ def test_dicom_seg_export_references_the_series(core, module, tiny_model, totals
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver"]
     assert "10200004" in str(seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0])
     assert int(np.count_nonzero(seg.pixel_array)) == int(drawn.sum())
+
+
+def test_model_loads_with_fine_tuned_adapters(module, tiny_checkpoint, tmp_path):
+    import torch
+
+    from sam2refine.adapter_io import save_adapters
+    from sam2refine.adapters import add_adapters, named_adapters
+    from sam2refine.errors import AdapterError
+    from sam2refine.model import build_model
+    from sam2refine.weights import sha256_file
+    from tests.conftest import TEST_IMAGE_SIZE
+
+    base = add_adapters(build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu"))
+    with torch.no_grad():
+        for _, adapter in named_adapters(base):
+            for p in adapter.parameters():
+                p.add_(0.01)
+    path = save_adapters(base, tmp_path / "organ.safetensors",
+                         base_model_name="sam2.1_hiera_tiny",
+                         base_checkpoint_sha256=sha256_file(tiny_checkpoint),
+                         image_size=TEST_IMAGE_SIZE)
+    logic = module.SAM2RefineLogic()
+    model = logic.loadModelJob("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
+                               adapters=str(path))()
+    assert logic.model is model
+    loaded = dict(named_adapters(model))
+    assert loaded.keys() == dict(named_adapters(base)).keys()
+    for name, adapter in named_adapters(base):
+        for a, b in zip(adapter.parameters(), loaded[name].parameters()):
+            assert torch.equal(a, b)
+    with pytest.raises(AdapterError, match="not found"):
+        logic.loadModelJob("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
+                           adapters=str(tmp_path / "missing.safetensors"))()
