@@ -56,22 +56,27 @@ def train_unet(args: argparse.Namespace, work: Path) -> Path:
     return result.best or result.last
 
 
-def score(result: AutoResult, truth: np.ndarray, values: dict[str, int]) -> dict[str, dict]:
-    """Dice per stage and organ (organs absent from `truth` are left out)."""
+def score(result: AutoResult, truth: np.ndarray, values: dict[str, int],
+          organs: list[str]) -> dict[str, dict]:
+    """Dice per stage for each organ in `organs` present in `truth`; an organ the pipeline did
+    not propose scores 0 (a miss, not a gap in the mean)."""
+    proposed = {normalize_name(name): organ.obj_id for name, organ in result.prompts.items()}
     out: dict[str, dict] = {s.name: {} for s in result.stages}
-    for name, organ in result.prompts.items():
+    for name in organs:
         value = values.get(normalize_name(name))
         if value is None or not (truth == value).any():
             continue
+        obj_id = proposed.get(normalize_name(name))
         for stage in result.stages:
-            out[stage.name][name] = dice(stage.label_volume.voxels == organ.obj_id,
-                                         truth == value)
+            found = (stage.label_volume.voxels == obj_id) if obj_id is not None else \
+                np.zeros(truth.shape, bool)
+            out[stage.name][name] = dice(found, truth == value)
     return out
 
 
 def report(title: str, scores: list[dict], seconds: list[dict]) -> dict[str, float]:
     print(f"\n{title}")
-    organs = sorted({o for s in scores for o in s["unet"]})
+    organs = sorted({o for s in scores for st in STAGES for o in s.get(st, {})})
     print(f"{'organ':16s}" + "".join(f"{s:>10s}" for s in STAGES))
     means = {}
     for organ in organs:
@@ -122,7 +127,7 @@ def main() -> None:
         for n in range(args.test_cases):
             image, labels = make_phantom_case(10_000 + n, tuple(args.shape))  # held out
             result = run_case(model, image, source, args)
-            scores.append(score(result, labels.voxels, values))
+            scores.append(score(result, labels.voxels, values, list(PHANTOM_ORGANS)))
             seconds.append({s.name: s.seconds for s in result.stages})
         figures = {"device": args.device, "cpu": platform.machine(),
                    "threads": torch.get_num_threads(), "image_size": args.image_size,
@@ -135,9 +140,10 @@ def main() -> None:
             truth = load_label_volume(REAL_CT / "example_seg.nii.gz", ct).voxels
             names = json.loads((REAL_CT / "labels.json").read_text())
             real_values = {normalize_name(v): int(k) for k, v in names.items()}
-            result = run_case(model, ct, source, args, args.real_organs.split(","))
+            wanted = args.real_organs.split(",")
+            result = run_case(model, ct, source, args, wanted)
             real = report("Shared real CT (TotalSegmentator labels), Dice per stage",
-                          [score(result, truth, real_values)],
+                          [score(result, truth, real_values, wanted)],
                           [{s.name: s.seconds for s in result.stages}])
             figures.update({f"real_ct_{k}": v for k, v in real.items()})
     print(json.dumps(figures))
