@@ -44,20 +44,10 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
 
     def test_auto_segment_from_a_label_file(self):
         """Auto-segment seeded by a label file (as a TotalSegmentator output would be)."""
-        if not _engine_ready():
-            self.skipTest("PyTorch and SAM 2 are not installed (module: Install...)")
+        logic, volume = self._sessionOnPhantom()
         import SimpleITK as sitk
-        import torch
         from SAM2RefineLib.volumes import volume_from_node
 
-        from SAM2Refine import SAM2RefineLogic
-        from sam2refine.model import build_model
-
-        torch.manual_seed(0)
-        logic = SAM2RefineLogic()
-        logic.setModel(build_model("sam2.1_hiera_tiny", 256, None, "cpu"))
-        volume = self._phantom()
-        logic.startSession(volume)
         engine_volume = volume_from_node(volume)
         labels = engine_volume.with_voxels((engine_volume.voxels > 100).astype(np.uint8))
         path = os.path.join(tempfile.mkdtemp(), "organ.nii.gz")
@@ -69,16 +59,9 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.algorithmType(), "AUTOMATIC")
         self.assertEqual(logic.undoStack.labels(), ["Auto-segment"])
 
-    def _phantom(self):
-        """A CT-like volume: body at 40 HU in air, a brighter organ."""
-        k, j, i = np.mgrid[0:12, 0:48, 0:56].astype(np.float32)
-        organ = ((i - 22) / 10) ** 2 + ((j - 24) / 12) ** 2 + ((k - 6) / 5) ** 2 <= 1
-        body = ((i - 28) / 25) ** 2 + ((j - 24) / 21) ** 2 <= 1
-        voxels = np.where(body, 40, -900) + np.where(organ, 110, 0)
-        ijk_to_ras = np.diag([1.5, 1.5, 3.0, 1.0])
-        return slicer.util.addVolumeFromArray(voxels.astype(np.int16), ijk_to_ras, "phantom")
-
-    def test_prompts_undo_lock_and_export(self):
+    def _sessionOnPhantom(self):
+        """A Logic with a random-init SAM 2.1 tiny (256 px) and a session on a phantom volume;
+        skips when the engine's requirements are not installed."""
         if not _engine_ready():
             self.skipTest("PyTorch and SAM 2 are not installed (module: Install...)")
         import torch
@@ -91,6 +74,19 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         logic.setModel(build_model("sam2.1_hiera_tiny", 256, None, "cpu"))
         volume = self._phantom()
         logic.startSession(volume)
+        return logic, volume
+
+    def _phantom(self):
+        """A CT-like volume: body at 40 HU in air, a brighter organ."""
+        k, j, i = np.mgrid[0:12, 0:48, 0:56].astype(np.float32)
+        organ = ((i - 22) / 10) ** 2 + ((j - 24) / 12) ** 2 + ((k - 6) / 5) ** 2 <= 1
+        body = ((i - 28) / 25) ** 2 + ((j - 24) / 21) ** 2 <= 1
+        voxels = np.where(body, 40, -900) + np.where(organ, 110, 0)
+        ijk_to_ras = np.diag([1.5, 1.5, 3.0, 1.0])
+        return slicer.util.addVolumeFromArray(voxels.astype(np.int16), ijk_to_ras, "phantom")
+
+    def test_prompts_undo_lock_and_export(self):
+        logic, volume = self._sessionOnPhantom()
         organ, other = logic.addSegment("liver"), logic.addSegment("spleen")
         positive, negative = logic.pointNodes()
         positive.AddControlPoint(22 * 1.5, 24 * 1.5, 6 * 3.0)  # RAS of voxel (22, 24, 6)
