@@ -343,7 +343,9 @@ class SAM2RefineLogicBase:
                 skipped.append(name)
                 self.session.remove_object(organ.obj_id)
                 continue
-            segmentId = segmentId or self.addSegment(name)
+            if segmentId is None:
+                segmentId = self.addSegment(name)
+                entry.created_segment_ids.append(segmentId)
             current = self.segmentMask(segmentId)
             entry.snapshots.append(SegmentSnapshot.take(segmentId, current, self.stack))
             self._writeSlices(segmentId, current, dict(enumerate(final == organ.obj_id)))
@@ -399,6 +401,8 @@ class SAM2RefineLogicBase:
             if records:
                 records.pop()
             replays.append((self.objectIds.get(key[0]), key[1], list(records)))
+        createdObjects = [self.objectIds[s] for s in entry.created_segment_ids
+                          if s in self.objectIds]
 
         def run(progress, cancel):
             for objId, frame, records in replays:
@@ -407,6 +411,8 @@ class SAM2RefineLogicBase:
                 self.session.clear_prompts(objId, frame)
                 for kind, args in records:
                     self._replay(objId, kind, args)
+            for objId in createdObjects:
+                self.session.remove_object(objId)
 
         def finish(_):
             for snapshot in reversed(entry.snapshots):
@@ -423,6 +429,12 @@ class SAM2RefineLogicBase:
                 node = self.scene.GetNodeByID(nodeId)
                 if node is not None:
                     self.scene.RemoveNode(node)
+            for segmentId in entry.created_segment_ids:  # segments the step itself added
+                self.objectIds.pop(segmentId, None)
+                for key in [k for k in self._prompts if k[0] == segmentId]:
+                    del self._prompts[key]
+                if self._segmentExists(segmentId):
+                    self.segmentationNode.GetSegmentation().RemoveSegment(segmentId)
             return entry.label
         return Job(f"Undo {entry.label}", run, finish)
 

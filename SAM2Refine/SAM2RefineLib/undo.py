@@ -55,6 +55,7 @@ class UndoEntry:
     prompt_keys: list[tuple[str, int]] = field(default_factory=list)  # (segment, slice) prompted
     sent_points: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
     created_node_ids: list[str] = field(default_factory=list)  # e.g. generated box ROIs
+    created_segment_ids: list[str] = field(default_factory=list)  # removed again by undo
 
     @property
     def nbytes(self) -> int:

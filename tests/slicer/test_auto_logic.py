@@ -99,14 +99,17 @@ def test_dicom_seg_algorithm_type_follows_who_made_it(scenario, monkeypatch, tmp
                         lambda *a, algorithm_type, **k: seen.append(algorithm_type))
     logic.exportDicomSeg(tmp_path / "a.dcm", tmp_path)
     assert logic.algorithmType() == "AUTOMATIC" and seen == ["AUTOMATIC"]
-    # Undo takes the whole auto-segment back: content, shown nodes, prompts.
+    # Undo takes the whole auto-segment back: the segment it created, shown nodes, its objects.
+    created = segment_id(logic, ORGAN)
+    obj = logic.objectIds[created]
     logic.undo()
-    assert not logic.segmentMask(segment_id(logic, ORGAN)).any()
+    assert not segment_id(logic, ORGAN)
+    assert created not in logic.objectIds
+    assert obj not in {o.obj_id for o in logic.session.describe()}
     assert logic.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
     assert logic.scene.GetFirstNodeByName("CT auto proposals") is None
-    obj = logic.objectIds[segment_id(logic, ORGAN)]
-    assert {o.obj_id: o for o in logic.session.describe()}[obj].prompted_frames == []
     # A person prompting makes it semi-automatic.
+    logic.addSegment(ORGAN)
     positive, negative = logic.pointNodes()
     from SAM2RefineLib.volumes import ijk_to_ras
 
@@ -130,6 +133,10 @@ def test_locked_segments_are_left_alone(core, module, tiny_model, paths):
     write_segment(logic.segmentationNode, same_name, node, painted[::-1].copy())
     for seg in (same_name, manual):
         logic.setSegmentLocked(seg)
+    earlier = logic.addSegment("adrenal_gland_right")  # unlocked: auto-segment replaces it
+    drawn = np.zeros_like(painted)
+    drawn[5:7, 10:20, 10:20] = True
+    write_segment(logic.segmentationNode, earlier, node, drawn)
     message = logic.autoSegment(str(paths[1]), organs=[ORGAN, "adrenal_gland_right"],
                                 stages=1, margin=0, showStages=False)
     assert "left locked segment(s) alone: gallbladder" in message
@@ -141,6 +148,12 @@ def test_locked_segments_are_left_alone(core, module, tiny_model, paths):
     np.testing.assert_array_equal(logic.segmentMask(adrenal), engine & ~painted)
     assert len(logic.session.describe()) == 1  # the skipped organ's object is gone
     assert core.scene.GetFirstNodeByName("CT auto proposals") is None
+    # Undo gives a segment that existed before its earlier content back and keeps it.
+    assert adrenal == earlier
+    logic.undo()
+    assert segment_id(logic, "adrenal_gland_right") == earlier
+    np.testing.assert_array_equal(logic.segmentMask(earlier), drawn)
+    np.testing.assert_array_equal(logic.segmentMask(manual), painted)
 
 
 def test_remote_sessions_say_auto_segment_is_not_available_there(core, module, tiny_model,
