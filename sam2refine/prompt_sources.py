@@ -11,7 +11,6 @@ Organ names are matched ignoring case and separators ("Kidney Left" = "kidney_le
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -19,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sam2refine.errors import PromptGeneratorError
-from sam2refine.promptgen import OrganProposal, Proposals, organ_boxes
+from sam2refine.promptgen import OrganProposal, Proposals, normalize_name, organ_boxes
 from sam2refine.slicing import SliceStack, slice_stack
 from sam2refine.volume import Volume, load_label_volume, resample_to
 
@@ -36,11 +35,6 @@ class PromptSource(Protocol):
     def proposals(self, volume: Volume, organs: Sequence[str] | None = None) -> Proposals:
         """Proposals for `organs` (all the source knows when None) on `volume`'s grid."""
         ...
-
-
-def normalize_name(name: str) -> str:
-    """The key names are matched by: lower case, no spaces, '_', '-' or '.'."""
-    return re.sub(r"[\s_\-.]+", "", str(name).lower())
 
 
 def match_organs(available: Sequence[str], wanted: Sequence[str] | None, what: str) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -244,8 +245,8 @@ def keep_large_components(mask: np.ndarray, spacing: Sequence[float],
 
 def check_labels(generator: PromptGenerator, wanted_names: Sequence[str]) -> None:
     """A `PromptGeneratorError` naming every wanted organ the generator was not trained for."""
-    known = {_key(n) for n in generator.labels}
-    missing = [n for n in wanted_names if _key(n) not in known]
+    known = {normalize_name(n) for n in generator.labels}
+    missing = [n for n in wanted_names if normalize_name(n) not in known]
     if missing:
         raise PromptGeneratorError(
             f"The prompt generator {generator.source} was trained for other labels: it has no "
@@ -254,8 +255,9 @@ def check_labels(generator: PromptGenerator, wanted_names: Sequence[str]) -> Non
         )
 
 
-def _key(name: str) -> str:
-    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+def normalize_name(name: str) -> str:
+    """The key organ names are matched by: lower case, no spaces, '_', '-' or '.'."""
+    return re.sub(r"[\s_\-.]+", "", str(name).lower())
 
 
 class PromptGenerator:
