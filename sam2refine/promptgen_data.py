@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import Dataset
 
 from sam2refine.errors import DatasetError
+from sam2refine.export import atomic_write
 from sam2refine.promptgen import PromptGenConfig, prepare_frames, resize_frames
 from sam2refine.slicing import slice_stack
 from sam2refine.volume import Volume
@@ -95,17 +95,11 @@ def load_prepared(dataset, cases, config: PromptGenConfig, cache: Path, rank: in
             img_path, seg_path = paths[case.case_id]
             if not (img_path.is_file() and seg_path.is_file()):
                 frames, classes = prepare_case(*dataset.load_case(case), config)
-                _save_npy(img_path, frames)
-                _save_npy(seg_path, classes)
+                atomic_write(img_path, lambda tmp, a=frames: np.save(tmp, a))
+                atomic_write(seg_path, lambda tmp, a=classes: np.save(tmp, a))
     barrier(world)
     return [PreparedCase(c.case_id, np.load(paths[c.case_id][0], mmap_mode="r"),
                          np.load(paths[c.case_id][1], mmap_mode="r")) for c in cases]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 class SliceSamples(Dataset):
