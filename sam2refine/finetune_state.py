@@ -9,8 +9,6 @@ Random state needs no saving: the trainer derives it from (seed, epoch, step, ra
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ import torch
 
 from sam2refine.errors import CheckpointError
 from sam2refine.export import atomic_write
+from sam2refine.torch_files import load_weights_only
 
 if TYPE_CHECKING:
     from sam2refine.finetune import EpochStats, FinetuneConfig, Trainer
@@ -60,13 +59,8 @@ def load_training_state(path: Path, trainer: Trainer,
             f"--resume was given but {path} does not exist; start without --resume, or give "
             "the --out folder of the run to continue."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(
-            f"The fine-tuning checkpoint {path} cannot be read ({type(exc).__name__}); it is "
-            "damaged. Delete it and start again without --resume."
-        ) from exc
+    state = load_weights_only(path, CheckpointError, "a fine-tuning checkpoint",
+                              "Delete it and start again without --resume.")
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a SAM2Refine fine-tuning checkpoint.")
     for key, value in state["settings"].items():

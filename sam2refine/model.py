@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from sam2refine.errors import CheckpointError, SAM2RefineError
+from sam2refine.torch_files import load_weights_only
 from sam2refine.weights import get_entry, load_catalogue
 
 log = logging.getLogger(__name__)
@@ -129,33 +128,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"Checkpoint not found: {path}. Check the path, or leave --checkpoint out to use "
             "the downloaded official weights."
         )
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # The restricted unpickler rejects both garbage bytes ("Unsupported operand") and
-        # genuine pickles of Python objects ("Unsupported global"); only the latter is unsafe.
-        if "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path} contains Python objects besides tensors, so loading it would need "
-                "weights_only=False, which can run arbitrary code. Re-save it as "
-                "{'model': model.state_dict()} (the official SAM 2 format)."
-            ) from exc
-        raise _corrupt(path, exc) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise _corrupt(path, exc) from exc
+    loaded = load_weights_only(
+        path, CheckpointError, "a SAM 2 checkpoint",
+        "Delete it and download it again, or re-save your own weights as "
+        "{'model': model.state_dict()} (the official SAM 2 format).")
     state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
             f"{path} is not a SAM 2 checkpoint: expected {{'model': state_dict}} with tensors."
         )
     return state
-
-
-def _corrupt(path: Path, exc: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"Checkpoint {path} could not be read ({type(exc).__name__}); the file is corrupt or "
-        "truncated. Delete it and download it again."
-    )
 
 
 def _check_compatible(

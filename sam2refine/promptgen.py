@@ -14,9 +14,7 @@ tagged with `CHECKPOINT_KIND` so that a SAM 2 checkpoint or any other file is re
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 from sam2refine.errors import PromptGeneratorError, SAM2RefineError
 from sam2refine.intensity import frames_to_unit, normalize, parse_preset
 from sam2refine.slicing import SliceStack, slice_stack
+from sam2refine.torch_files import load_weights_only
 from sam2refine.volume import Volume
 
 log = logging.getLogger("sam2refine")
@@ -345,15 +344,8 @@ def read_checkpoint(path: str | Path) -> dict:
             f"Prompt generator checkpoint not found: {path}. Check the path, or train one with "
             "`sam2refine train-prompt-generator DATASET --out DIR`."
         )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError) as exc:
-        raise PromptGeneratorError(
-            f"{path} could not be read as a prompt generator checkpoint ({type(exc).__name__}): "
-            "it is corrupt, incomplete or another kind of file. Use best.pt or last.pt from "
-            "`train-prompt-generator`."
-        ) from exc
+    data = load_weights_only(path, PromptGeneratorError, "a prompt generator checkpoint",
+                             "Use best.pt or last.pt from `train-prompt-generator`.")
     if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
         raise PromptGeneratorError(f"{path} is {_describe(data)}, not a prompt generator "
                                    "checkpoint. Give the best.pt or last.pt that "
