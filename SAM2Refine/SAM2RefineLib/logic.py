@@ -456,17 +456,6 @@ class SAM2RefineLogicBase:
     def exportSegNrrd(self, path: str | Path) -> Path:
         """Save the segmentation node (all segments, names, colours, terminology) as
         .seg.nrrd on the input volume's grid, with Slicer's own writer, atomically."""
-        import slicer
-
-        from sam2refine.export import atomic_write
-
-        node = self.segmentationNode
-        if node is None:
+        if self.segmentationNode is None:
             raise RuntimeError("There is no segmentation to export yet.")
-
-        def write(tmp: Path) -> None:
-            storage = slicer.vtkMRMLSegmentationStorageNode()
-            storage.SetFileName(str(tmp))
-            if not storage.WriteData(node):
-                raise OSError(f"Slicer could not write {tmp}.")
-        return atomic_write(Path(path), write)
+        return segments.write_seg_nrrd(self.segmentationNode, Path(path))

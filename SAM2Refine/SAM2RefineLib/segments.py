@@ -9,6 +9,8 @@ clip their masks with `locked_mask` so that locked voxels are never taken either
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from SAM2RefineLib.volumes import ijk_to_ras, matrix_to_vtk
@@ -169,3 +171,18 @@ def labelmap(segmentation_node, volume_node, volume):
         infos.append(SegmentInfo(segment.GetName(), n + 1, tuple(segment.GetColor()),
                                  entry or None))
     return volume.with_voxels(labels), infos
+
+
+def write_seg_nrrd(segmentation_node, path: Path) -> Path:
+    """Write `segmentation_node` to `path` with Slicer's .seg.nrrd writer, atomically."""
+    import slicer
+
+    from sam2refine.export import atomic_write
+
+    def write(tmp: Path) -> None:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(segmentation_node):
+            raise OSError(f"Slicer could not write {tmp}.")
+    return atomic_write(path, write)
+
