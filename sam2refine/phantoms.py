@@ -4,8 +4,9 @@ They let the automatic pipeline, fine-tuning and evaluation run end to end witho
 and are built to catch the mistakes real data would: anisotropic voxels, non-square slices,
 an LPS direction that is not the identity (as NIfTI files stored in RAS order have), organs
 covering only part of the slices, and organs that a threshold alone cannot separate (liver
-and spleen HU overlap within the noise, kidneys look like muscle and bowel, a contrast
-enhanced aorta looks like vertebral bone, which is present but not labelled).
+and spleen HU overlap within the noise, kidneys look like muscle and bowel and only the thin
+perirenal fat around them outlines them, a contrast enhanced aorta looks like vertebral bone,
+which is present but not labelled).
 
 Positions are in patient millimetres (x towards the left, y posterior, z superior) relative to
 the volume centre, as fractions of the body size, so any grid size gives the same anatomy.
@@ -173,6 +174,19 @@ def _blob(
     scale: float = 1.0,
 ) -> np.ndarray:
     """A deformed, rotated ellipsoid: its radius varies smoothly with direction by up to ~20%."""
+    return _blob_radius(grid, centre, semi_axes, rotation, rng, scale) <= 1.0
+
+
+def _blob_radius(
+    grid: _Grid,
+    centre: np.ndarray,
+    semi_axes: np.ndarray,
+    rotation: np.ndarray,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """Each voxel's distance from `centre` relative to the deformed blob's surface there (the
+    blob is <= 1; <= 1.3 is a shell around it shaped like the blob)."""
     offset = np.stack([grid.x - centre[0], grid.y - centre[1], grid.z - centre[2]], axis=-1)
     u = (offset @ rotation) / (semi_axes * scale)
     radius = np.sqrt(np.sum(u**2, axis=-1)) + 1e-6
@@ -182,7 +196,7 @@ def _blob(
         wave = rng.normal(size=3)
         wave *= rng.uniform(1.5, 3.0) / np.linalg.norm(wave)
         bound += rng.uniform(0.03, 0.08) * np.cos(np.pi * unit @ wave + rng.uniform(0, 2 * np.pi))
-    return radius <= bound
+    return radius / bound
 
 
 # ----- painting ---------------------------------------------------------------------------------
@@ -236,9 +250,12 @@ def _paint_organs(
         centre_mm = np.array(centre) * size + jitter[n]
         axes_mm = np.array(axes) * size * rng.uniform(0.85, 1.15, 3)
         rot = _rotation(rng, max_rot)
-        organ = _blob(grid, centre_mm, axes_mm, rot, rng) & cavity
+        radius = _blob_radius(grid, centre_mm, axes_mm, rot, rng)
+        organ = (radius <= 1.0) & cavity
         image[organ] = hu["kidney_cortex"] if name.startswith("kidney") else hu[name]
-        if name.startswith("kidney"):
+        if name.startswith("kidney"):  # in perirenal fat (a few mm), as kidneys are
+            perirenal = (radius <= rng.uniform(1.2, 1.4)) & cavity & ~organ & (labels == 0)
+            image[perirenal] = hu["fat"]
             medulla = _blob(grid, centre_mm, axes_mm, rot, rng, scale=0.6) & organ
             image[medulla] = hu["kidney_medulla"]
         if name == "liver":  # patchy parenchyma and intrahepatic vessels, all labelled liver

@@ -21,7 +21,7 @@ from sam2refine.slicing import slice_stack
 from sam2refine.volume import Volume
 
 SHAPE = (24, 80, 96)  # small phantoms: [k, j, i]
-EPOCHS = 15  # x 40 steps of 8 slices: the bounded training of the learning test
+EPOCHS = 30  # x 40 steps of 8 slices: the bounded training of the learning test
 TINY = {"image_size": 64, "channels": (8, 16, 32, 64), "strides": (2, 2, 2),
         "num_res_units": 1, "batch_size": 8, "show_progress": False}
 
@@ -51,7 +51,7 @@ def trained(phantoms, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out() -> list[tuple[Volume, Volume]]:
-    return [make_phantom_case(seed, SHAPE) for seed in (1001, 1002)]
+    return [make_phantom_case(seed, SHAPE) for seed in (1001, 1002, 1003, 1004)]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,11 +67,10 @@ def test_tiny_unet_learns_the_phantom_organs(trained, held_out):
         for name, value in PHANTOM_ORGANS.items():
             scores[name].append(dice(proposals.organs[name].mask, labels.voxels == value))
     mean = {name: float(np.mean(s)) for name, s in scores.items()}
-    # Measured: liver 0.85, spleen 0.82, kidneys 0.68 / 0.69, aorta 0.78 (mean 0.76; 0.79
-    # after 800 steps). The phantoms' kidneys look like muscle and bowel on purpose, and 600
-    # CPU steps of an 8-channel U-Net do not reach the 0.8 mean the issue hoped for.
-    assert np.mean(list(mean.values())) >= 0.7, mean
-    assert min(mean.values()) >= 0.6, mean
+    # Measured: liver 0.88, spleen 0.88, kidneys 0.85 / 0.84, aorta 0.84 (mean 0.86); with
+    # training seeds 1 and 2 instead of 0 the means were 0.85 and 0.84, no organ below 0.80.
+    assert np.mean(list(mean.values())) >= 0.8, mean
+    assert min(mean.values()) >= 0.7, mean
 
 
 def test_every_epoch_logs_validation_dice_per_organ(trained):
