@@ -6,7 +6,7 @@ TotalSegmentator predictions, compared by organ name) and prints Dice per organ 
 SAM 2 is the random-init tiny model (seed 0) unless --checkpoint is given: then the SAM
 stages are not expected to help, only to run. Ends with one JSON line of the figures.
 
-    .venv/bin/python benchmarks/auto.py --train-cases 8 --test-cases 2 --epochs 4
+    .venv/bin/python benchmarks/auto.py        # --prompt-generator CKPT --checkpoint PT
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ def train_unet(args: argparse.Namespace, work: Path) -> Path:
 
     dataset = write_phantom_dataset(work / "phantoms", args.train_cases, seed=0,
                                     shape_kji=tuple(args.shape))
+    channels = tuple(int(c) for c in args.channels.split(","))
     settings = TrainSettings(dataset=dataset, out=work / "unet", epochs=args.epochs,
                              steps_per_epoch=args.steps, batch_size=args.batch_size,
-                             image_size=args.unet_size, device=args.device, seed=0,
+                             lr=args.lr, image_size=args.unet_size, channels=channels,
+                             strides=(2,) * (len(channels) - 1), num_res_units=args.res_units,
+                             val_fraction=0.125, device=args.device, seed=0,
                              show_progress=False)
     start = time.perf_counter()
     result = train_prompt_generator(settings)
@@ -98,13 +101,17 @@ def run_case(model, image, source, args, organs=None) -> AutoResult:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-cases", type=int, default=8)
+    # U-Net defaults: the learning test's tiny one (tests/test_promptgen.py)
+    parser.add_argument("--train-cases", type=int, default=16)
     parser.add_argument("--test-cases", type=int, default=2)
-    parser.add_argument("--shape", type=int, nargs=3, default=(32, 64, 80), metavar=("K", "J", "I"))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=3, default=(24, 80, 96), metavar=("K", "J", "I"))
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps", type=int, default=40, help="U-Net steps per epoch")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--unet-size", type=int, default=128, help="U-Net input size (px)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--unet-size", type=int, default=64, help="U-Net input size (px)")
+    parser.add_argument("--channels", default="8,16,32,64", help="U-Net channels per level")
+    parser.add_argument("--res-units", type=int, default=1, help="residual units per level")
     parser.add_argument("--prompt-generator", help="a trained U-Net checkpoint (skip training)")
     parser.add_argument("--checkpoint", help="SAM 2.1 tiny checkpoint (default: random init)")
     parser.add_argument("--image-size", type=int, default=256)
