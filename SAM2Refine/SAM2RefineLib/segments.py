@@ -15,6 +15,8 @@ import numpy as np
 
 from SAM2RefineLib.volumes import ijk_to_ras, matrix_to_vtk
 
+ALGORITHM_ATTRIBUTE = "SAM2Refine.AlgorithmType"  # on the segmentation node: DICOM-SEG type
+
 LOCKED_TAG = "SAM2Refine.Locked"
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
