@@ -53,14 +53,11 @@ def load_training_state(path: Path, trainer: Trainer,
     """Restore a checkpoint into `trainer`; returns (first epoch to run, history so far)."""
     from sam2refine.finetune import EpochStats
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"--resume was given but {path} does not exist; start without --resume, or give "
-            "the --out folder of the run to continue."
-        )
-    state = load_weights_only(path, CheckpointError, "a fine-tuning checkpoint",
-                              "Delete it and start again without --resume.")
+    state = load_weights_only(
+        path, CheckpointError, what="a fine-tuning checkpoint",
+        missing=f"--resume was given but {path} does not exist; start without --resume, or "
+                "give the --out folder of the run to continue.",
+        remedy="Delete it and start again without --resume.")
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a SAM2Refine fine-tuning checkpoint.")
     for key, value in state["settings"].items():

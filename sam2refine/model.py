@@ -122,16 +122,12 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, expected_name: str
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint with `weights_only=True`; every failure becomes a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"Checkpoint not found: {path}. Check the path, or leave --checkpoint out to use "
-            "the downloaded official weights."
-        )
     loaded = load_weights_only(
-        path, CheckpointError, "a SAM 2 checkpoint",
-        "Delete it and download it again, or re-save your own weights as "
-        "{'model': model.state_dict()} (the official SAM 2 format).")
+        path, CheckpointError, what="a SAM 2 checkpoint",
+        missing=f"Checkpoint not found: {path}. Check the path, or leave --checkpoint out to use "
+                "the downloaded official weights.",
+        remedy="Delete it and download it again, or re-save your own weights as "
+               "{'model': model.state_dict()} (the official SAM 2 format).")
     state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(

@@ -338,14 +338,11 @@ def write_checkpoint(path: str | Path, payload: dict) -> Path:
 def read_checkpoint(path: str | Path) -> dict:
     """A prompt generator checkpoint, with "config" as a `PromptGenConfig`; missing, corrupt,
     unsafe or other kinds of files (a SAM 2 checkpoint, say) are a `PromptGeneratorError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptGeneratorError(
-            f"Prompt generator checkpoint not found: {path}. Check the path, or train one with "
-            "`sam2refine train-prompt-generator DATASET --out DIR`."
-        )
-    data = load_weights_only(path, PromptGeneratorError, "a prompt generator checkpoint",
-                             "Use best.pt or last.pt from `train-prompt-generator`.")
+    data = load_weights_only(
+        path, PromptGeneratorError, what="a prompt generator checkpoint",
+        missing=f"Prompt generator checkpoint not found: {path}. Check the path, or train one "
+                "with `sam2refine train-prompt-generator DATASET --out DIR`.",
+        remedy="Use best.pt or last.pt from `train-prompt-generator`.")
     if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
         raise PromptGeneratorError(f"{path} is {_describe(data)}, not a prompt generator "
                                    "checkpoint. Give the best.pt or last.pt that "

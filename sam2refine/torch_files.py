@@ -2,7 +2,8 @@
 
 Every checkpoint this package reads (SAM 2 weights, prompt generator and fine-tuning states) is
 loaded with `weights_only=True`; this module turns the ways that can fail into one clear error
-of the caller's type, telling apart a damaged file from a pickle of Python objects.
+of the caller's type, telling apart a missing file, a damaged one and a pickle of
+Python objects.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFi
                 OSError)
 
 
-def load_weights_only(path: Path, error: type[Exception], what: str, remedy: str) -> object:
-    """`torch.load(path, weights_only=True)` on the CPU; a file that cannot be read raises
-    `error` naming `what` the file should have been and `remedy`, what the user can do."""
+def load_weights_only(path: str | Path, error: type[Exception], *, what: str, missing: str,
+                      remedy: str) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU. A missing file raises `error(missing)`;
+    one that cannot be read raises `error` naming `what` the file should have been and
+    `remedy`, what the user can do."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
