@@ -165,18 +165,6 @@ def _rotation(rng: np.random.Generator, max_degrees: tuple[float, float, float])
     return rot
 
 
-def _blob(
-    grid: _Grid,
-    centre: np.ndarray,
-    semi_axes: np.ndarray,
-    rotation: np.ndarray,
-    rng: np.random.Generator,
-    scale: float = 1.0,
-) -> np.ndarray:
-    """A deformed, rotated ellipsoid: its radius varies smoothly with direction by up to ~20%."""
-    return _blob_radius(grid, centre, semi_axes, rotation, rng, scale) <= 1.0
-
-
 def _blob_radius(
     grid: _Grid,
     centre: np.ndarray,
@@ -185,8 +173,9 @@ def _blob_radius(
     rng: np.random.Generator,
     scale: float = 1.0,
 ) -> np.ndarray:
-    """Each voxel's distance from `centre` relative to the deformed blob's surface there (the
-    blob is <= 1; <= 1.3 is a shell around it shaped like the blob)."""
+    """A deformed, rotated ellipsoid (its radius varies smoothly with direction by up to ~20%)
+    as each voxel's distance from `centre` relative to the surface there: the blob is <= 1,
+    <= 1.3 adds a shell around it shaped like the blob."""
     offset = np.stack([grid.x - centre[0], grid.y - centre[1], grid.z - centre[2]], axis=-1)
     u = (offset @ rotation) / (semi_axes * scale)
     radius = np.sqrt(np.sum(u**2, axis=-1)) + 1e-6
@@ -256,7 +245,7 @@ def _paint_organs(
         if name.startswith("kidney"):  # in perirenal fat (a few mm), as kidneys are
             perirenal = (radius <= rng.uniform(1.2, 1.4)) & cavity & ~organ & (labels == 0)
             image[perirenal] = hu["fat"]
-            medulla = _blob(grid, centre_mm, axes_mm, rot, rng, scale=0.6) & organ
+            medulla = (_blob_radius(grid, centre_mm, axes_mm, rot, rng, 0.6) <= 1.0) & organ
             image[medulla] = hu["kidney_medulla"]
         if name == "liver":  # patchy parenchyma and intrahepatic vessels, all labelled liver
             patches = _smooth_field(rng, image.shape, sigma_vox=(1.0, 2.0, 2.0))

@@ -72,7 +72,7 @@ class AutoSegmentSteps:
             {n: b for n, b in result.unet.boxes.items() if n in written})
         for stage in result.stages[:-1] if showStages else []:
             node = show_stage(self.scene, self.volumeNode, stage, written,
-                                          STAGE_TITLES[stage.name])
+                              STAGE_TITLES[stage.name])
             entry.created_node_ids.append(node.GetID())
         self.undoStack.push(entry)
         if self.segmentationNode.GetAttribute(ALGORITHM_ATTRIBUTE) is None:  # nobody prompted

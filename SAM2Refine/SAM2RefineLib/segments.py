@@ -187,4 +187,3 @@ def write_seg_nrrd(segmentation_node, path: Path) -> Path:
         if not storage.WriteData(segmentation_node):
             raise OSError(f"Slicer could not write {tmp}.")
     return atomic_write(path, write)
-
