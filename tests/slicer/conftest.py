@@ -95,3 +95,15 @@ def module(slicer_core):
     import SAM2Refine
 
     return SAM2Refine
+
+
+@pytest.fixture(scope="session")
+def start_logic(module, tiny_model):
+    """start_logic(scene, volume_node): a Logic on `scene` with a session on the node, using
+    the tiny SAM 2 model."""
+    def start(scene, volume_node):
+        logic = module.SAM2RefineLogic(scene)
+        logic.setModel(tiny_model)
+        logic.startSession(volume_node)
+        return logic
+    return start

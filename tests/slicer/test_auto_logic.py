@@ -46,12 +46,10 @@ def reference(tiny_model, paths):
 
 
 @pytest.fixture(scope="module")
-def scenario(slicer_core, module, tiny_model, paths):
+def scenario(slicer_core, start_logic, paths):
     slicer_core.scene.Clear(0)
     node = slicer_core.load_volume(paths[0])
-    logic = module.SAM2RefineLogic(slicer_core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(slicer_core.scene, node)
     steps = []
     message = logic.autoSegment(str(paths[1]), progress=lambda d, t: steps.append((d, t)),
                                 **ARGS)
@@ -119,13 +117,11 @@ def test_dicom_seg_algorithm_type_follows_who_made_it(scenario, monkeypatch, tmp
     assert seen == ["AUTOMATIC", "SEMIAUTOMATIC"]
 
 
-def test_locked_segments_are_left_alone(core, module, tiny_model, paths):
+def test_locked_segments_are_left_alone(core, start_logic, paths):
     from SAM2RefineLib.segments import write_segment
 
     node = core.load_volume(paths[0])
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(core.scene, node)
     same_name, manual = logic.addSegment("Gallbladder"), logic.addSegment("manual")
     painted = np.zeros(logic.volume.voxels.shape, bool)
     painted[18:20, 30:60, :] = True  # over part of the right adrenal gland (axial frame = k)

@@ -158,11 +158,9 @@ def test_undo_restores_each_previous_state(scenario, module, slicer_core):
         logic.undo()
 
 
-def test_locked_segments_are_never_overwritten(core, module, tiny_model, ct_path):
+def test_locked_segments_are_never_overwritten(core, start_logic, ct_path):
     node = core.load_volume(ct_path)
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(core.scene, node)
     kept, other = logic.addSegment("liver"), logic.addSegment("stomach")
     painted = np.zeros(logic.volume.voxels.shape, bool)
     painted[24, 40:70, 50:90] = True  # a "manual" segment the AI must not touch
@@ -187,7 +185,7 @@ def test_locked_segments_are_never_overwritten(core, module, tiny_model, ct_path
         logic.undo()  # the mask step changed the now locked segment
 
 
-def test_exact_mask_prompt_keeps_physical_voxels(core, module, tiny_model, totalseg_dir):
+def test_exact_mask_prompt_keeps_physical_voxels(core, start_logic, totalseg_dir):
     """An exact mask prompt from real labels (loaded by Slicer's own reader) comes back on
     exactly those voxels when Slicer exports the segment to a labelmap on the label grid."""
     import slicer
@@ -200,9 +198,7 @@ def test_exact_mask_prompt_keeps_physical_voxels(core, module, tiny_model, total
     from SAM2RefineLib.volumes import volume_from_node
 
     liver_labels = volume_from_node(labels).voxels == 5
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(core.scene, node)
     source, target = logic.addSegment("drawn"), logic.addSegment("liver")
     write_segment(logic.segmentationNode, source, node, liver_labels)
     (result,) = logic.setMaskFromSegment(target, source, mode="exact")
@@ -236,11 +232,9 @@ def test_remote_session_gives_the_same_segments(core, module, tiny_model, ct_pat
         logic.closeSession()
 
 
-def test_cancelled_propagation_keeps_finished_slices(core, module, tiny_model, ct_path):
+def test_cancelled_propagation_keeps_finished_slices(core, start_logic, ct_path):
     node = core.load_volume(ct_path)
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(core.scene, node)
     liver = logic.addSegment("liver")
     positive, negative = logic.pointNodes()
     place_point(node, positive, LIVER_POINT)
@@ -253,8 +247,7 @@ def test_cancelled_propagation_keeps_finished_slices(core, module, tiny_model, c
     assert sorted(np.nonzero(frames.any(1))[0].tolist()) == [24, 25]
 
 
-def test_dicom_seg_export_references_the_series(core, module, tiny_model, totalseg_dir,
-                                                tmp_path):
+def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir, tmp_path):
     pytest.importorskip("highdicom")
     import highdicom as hd
     from SAM2RefineLib.segments import write_segment
@@ -267,9 +260,7 @@ def test_dicom_seg_export_references_the_series(core, module, tiny_model, totals
     write_dicom_series(standard_axial(load_volume(totalseg_dir / "example_ct_sm.nii.gz")), series)
     volume = load_volume(series)
     node = core.add_volume(volume.voxels, ras_matrix_of(volume), "DICOM CT")
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(tiny_model)
-    logic.startSession(node)
+    logic = start_logic(core.scene, node)
     liver = logic.addSegment("liver")
     drawn = np.zeros(volume.voxels.shape, bool)
     drawn[10, 40:70, 30:80] = True
