@@ -80,6 +80,9 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
     volume, out = Path(args.volume), Path(args.out)
     labels = Path(args.prompts_from) if args.prompts_from else None
     save = Path(args.save_prompts) if args.save_prompts else None
+    if volume.is_dir() and not any(volume.iterdir()):
+        raise SAM2RefineError(f"{volume} is an empty folder; give a volume file, a DICOM series "
+                              "folder or a folder of volume files.")
     files = sorted(p for p in volume.iterdir() if _is_volume_file(p)) if volume.is_dir() else []
     if not files:  # a file, or a DICOM series folder
         _check_output_suffix(out)

@@ -147,6 +147,14 @@ def test_auto_command_over_a_folder(tiny_checkpoint, tmp_path, capsys):
         assert (tmp_path / "prompts" / f"{case}.prompts.json").is_file()
 
 
+def test_an_empty_input_folder_is_named(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "volumes").mkdir()
+    code = main(["auto", str(tmp_path / "volumes"), "--prompts-from", str(tmp_path),
+                 "--out", str(tmp_path / "out"), *model_args(tiny_checkpoint)])
+    assert code == 2
+    assert "volumes is an empty folder; give a volume file" in capsys.readouterr().err
+
+
 def test_bad_prompt_sources_fail_clearly(tiny_model, tiny_checkpoint, tmp_path, capsys):
     volume, image, labels = phantom_case(tmp_path)
     (tmp_path / "labels.json").write_text(json.dumps({"2": "liver"}))
