@@ -9,13 +9,14 @@ Python objects.
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
 import torch
 
 _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-                OSError)
+                OSError, struct.error)  # struct.error: files of a few bytes
 
 
 def load_weights_only(path: str | Path, error: type[Exception], *, what: str, missing: str,

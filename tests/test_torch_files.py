@@ -24,7 +24,7 @@ def test_plain_tensors_load(tmp_path):
     assert data["epoch"] == 3 and torch.equal(data["model"]["w"], torch.ones(2))
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage bytes", b"PK\x03\x04broken zip"])
+@pytest.mark.parametrize("content", [b"", b"junk", b"garbage bytes", b"PK\x03\x04broken zip"])
 def test_damaged_files_name_what_they_should_be(tmp_path, content):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
