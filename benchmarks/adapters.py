@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam2refine.adapter_io import save_adapters  # noqa: E402
-from sam2refine.adapters import add_adapters, count_parameters, named_adapters  # noqa: E402
-from sam2refine.model import build_model  # noqa: E402
-from sam2refine.session import Session  # noqa: E402
-from sam2refine.volume import Volume  # noqa: E402
+from sam2refine.image.volume import Volume  # noqa: E402
+from sam2refine.sam.adapter_files import save_adapters  # noqa: E402
+from sam2refine.sam.adapters import add_adapters, count_parameters, named_adapters  # noqa: E402
+from sam2refine.sam.model import build_model  # noqa: E402
+from sam2refine.sam.session import Session  # noqa: E402
 
 
 def sizes(names: list[str]) -> dict[str, dict[str, float]]:

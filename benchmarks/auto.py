@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sam2refine.auto import AutoResult, auto_segment  # noqa: E402
-from sam2refine.model import build_model  # noqa: E402
-from sam2refine.phantoms import PHANTOM_ORGANS, make_phantom_case, write_phantom_dataset  # noqa: E402
-from sam2refine.prompt_sources import UNetPromptSource, normalize_name  # noqa: E402
-from sam2refine.volume import load_label_volume, load_volume  # noqa: E402
+from sam2refine.auto.pipeline import AutoResult, auto_segment  # noqa: E402
+from sam2refine.auto.sources import UNetPromptSource, normalize_name  # noqa: E402
+from sam2refine.datasets.phantoms import PHANTOM_ORGANS, make_phantom_case, write_phantom_dataset  # noqa: E402
+from sam2refine.image.volume import load_label_volume, load_volume  # noqa: E402
+from sam2refine.sam.model import build_model  # noqa: E402
 
 STAGES = ("unet", "stage1", "stage2")
 REAL_CT = ROOT.parent / "shared" / "data" / "totalseg-example"
@@ -42,7 +42,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def train_unet(args: argparse.Namespace, work: Path) -> Path:
     """A small U-Net prompt generator trained on phantoms (seeded)."""
-    from sam2refine.promptgen_train import TrainSettings, train_prompt_generator
+    from sam2refine.promptgen.train import TrainSettings, train_prompt_generator
 
     dataset = write_phantom_dataset(work / "phantoms", args.train_cases, seed=0,
                                     shape_kji=tuple(args.shape))

@@ -1,7 +1,7 @@
 """Fine-tuning throughput and memory: clips per second and peak memory for SAM 2.1 adapters.
 
-Trains on phantom clips (`sam2refine.phantoms`, written to a temporary nnU-Net folder) with
-the real training step (`sam2refine.finetune.Trainer`: simulated prompts, correction rounds,
+Trains on phantom clips (`sam2refine.datasets.phantoms`, written to a temporary nnU-Net folder) with
+the real training step (`sam2refine.finetune.train.Trainer`: simulated prompts, correction rounds,
 memory tracking, AdamW) on a random-init model: speed and memory do not depend on the
 weights' values. The first `--warmup` steps are not timed.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from sam2refine.finetune import FinetuneConfig, Trainer
-from sam2refine.finetune_data import ClipDataset
-from sam2refine.model import build_model, resolve_device
+from sam2refine.finetune.data import ClipDataset
+from sam2refine.finetune.train import FinetuneConfig, Trainer
+from sam2refine.sam.model import build_model, resolve_device
 
 
 def main() -> None:
@@ -45,8 +45,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        from sam2refine.datasets import read_dataset
-        from sam2refine.phantoms import write_phantom_dataset
+        from sam2refine.datasets.nnunet import read_dataset
+        from sam2refine.datasets.phantoms import write_phantom_dataset
 
         root = write_phantom_dataset(Path(tmp) / "phantoms", 2, seed=0)
         dataset = read_dataset(root)
@@ -60,7 +60,7 @@ def main() -> None:
         trainer = Trainer(model, config, total_steps=args.warmup + args.steps)
         trained = sum(p.numel() for p in trainer.params)
         total = sum(p.numel() for p in trainer.model.parameters())
-        from sam2refine.adapters import count_parameters
+        from sam2refine.sam.adapters import count_parameters
 
         adapter_params, _ = count_parameters(trainer.model)
         # Clips prepared up front: the figure is the training step, not NIfTI decoding.

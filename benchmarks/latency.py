@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam2refine.client import Client
-from sam2refine.model import build_model, resolve_device
-from sam2refine.server import ServerThread, create_app
-from sam2refine.session import Session
-from sam2refine.volume import Volume, load_volume
+from sam2refine.image.volume import Volume, load_volume
+from sam2refine.remote.client import Client
+from sam2refine.remote.server import ServerThread, create_app
+from sam2refine.sam.model import build_model, resolve_device
+from sam2refine.sam.session import Session
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
 WARM_UP_CLICKS = 3

@@ -28,10 +28,10 @@ import numpy as np
 import sam2.sam2_video_predictor as stock_module
 import torch
 
-from sam2refine.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
-from sam2refine.model import build_model, inference_context, resolve_device
-from sam2refine.session import Session
-from sam2refine.volume import Volume, load_label_volume, load_volume
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
+from sam2refine.image.volume import Volume, load_label_volume, load_volume
+from sam2refine.sam.model import build_model, inference_context, resolve_device
+from sam2refine.sam.session import Session
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2refine.datasets import read_label_file
+from sam2refine.auto.sources import normalize_name, read_label_names
+from sam2refine.datasets.nnunet import read_label_file
 from sam2refine.errors import DatasetError, PromptGeneratorError
-from sam2refine.export import read_seg_nrrd
-from sam2refine.prompt_sources import normalize_name, read_label_names
-from sam2refine.volume import Volume, resample_to
+from sam2refine.image.volume import Volume, resample_to
+from sam2refine.io.segmentation import read_seg_nrrd
 
 log = logging.getLogger("sam2refine")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")

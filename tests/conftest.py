@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2refine.volume import Volume
+from sam2refine.image.volume import Volume
 
 TEST_IMAGE_SIZE = 256  # the smallest supported size keeps CPU tests fast
 
@@ -14,7 +14,7 @@ TEST_IMAGE_SIZE = 256  # the smallest supported size keeps CPU tests fast
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """Random-init SAM 2.1 tiny written in the official {"model": state_dict} format."""
-    from sam2refine.model import build_model, save_checkpoint
+    from sam2refine.sam.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, None, "cpu")
@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
     """The random-init tiny model loaded back through the official-checkpoint code path."""
-    from sam2refine.model import build_model
+    from sam2refine.sam.model import build_model
 
     return build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sam2refine.cli import main
+from sam2refine.cli.main import main
 from sam2refine.errors import DatasetError
 from sam2refine.evaluate import evaluate_folders, score_masks
-from sam2refine.export import SegmentInfo, write_seg_nrrd
-from sam2refine.volume import Volume
+from sam2refine.image.volume import Volume
+from sam2refine.io.segmentation import SegmentInfo, write_seg_nrrd
 
 SHAPE = (10, 10, 10)
 

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from sam2refine.errors import PromptError
-from sam2refine.export import SegmentInfo, read_seg_nrrd, write_seg_nrrd
-from sam2refine.session import Session
-from sam2refine.volume import Volume, load_label_volume, load_volume, resample_to
+from sam2refine.image.volume import Volume, load_label_volume, load_volume, resample_to
+from sam2refine.io.segmentation import SegmentInfo, read_seg_nrrd, write_seg_nrrd
+from sam2refine.sam.session import Session
 
 LIVER, SPLEEN = 5, 1
 

@@ -84,7 +84,7 @@ class AutoSegmentSteps:
 
 def segment_named(segmentation_node, name: str) -> str | None:
     """The ID of the segment called `name` (ignoring case and separators), or None."""
-    from sam2refine.prompt_sources import normalize_name
+    from sam2refine.auto.sources import normalize_name
 
     key = normalize_name(name)
     for segment_id in segments.segment_ids(segmentation_node):

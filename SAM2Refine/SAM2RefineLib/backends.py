@@ -2,7 +2,7 @@
 
 Everything imports the engine lazily, so listing what is missing works before the engine's
 requirements (torch, sam2) are installed. Downloads go to the engine's per-user cache
-(`sam2refine.weights.cache_dir()`, outside the extension folder, so reinstalling the
+(`sam2refine.sam.weights.cache_dir()`, outside the extension folder, so reinstalling the
 extension keeps them) and are checked against the catalogue's size and SHA-256.
 """
 
@@ -34,7 +34,7 @@ class WeightsRow:
 
 def catalogue() -> list[WeightsRow]:
     """The official checkpoints and whether each is already in the cache."""
-    from sam2refine.weights import cached_path, load_catalogue
+    from sam2refine.sam.weights import cached_path, load_catalogue
 
     rows = []
     for name, entry in load_catalogue().items():
@@ -46,7 +46,7 @@ def catalogue() -> list[WeightsRow]:
 def download_weights(name: str, progress: Callable[[int, int], None] | None = None,
                      cancel: threading.Event | None = None) -> Path:
     """Download and verify `name` into the cache; progress is reported as (percent, 100)."""
-    from sam2refine.weights import cache_dir, download, get_entry
+    from sam2refine.sam.weights import cache_dir, download, get_entry
 
     def report(done: int, total: int | None) -> None:
         if progress is not None and total:
@@ -62,8 +62,8 @@ def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
                adapters: str | Path | None = None) -> Any:
     """Build SAM 2.1 with verified weights (downloaded into the cache when missing), plus
     fine-tuned `adapters` when given (checked against that checkpoint before loading)."""
-    from sam2refine.model import build_model, resolve_device
-    from sam2refine.weights import resolve_checkpoint
+    from sam2refine.sam.model import build_model, resolve_device
+    from sam2refine.sam.weights import resolve_checkpoint
 
     def report(done: int, total: int | None) -> None:
         if progress is not None and total:
@@ -82,13 +82,13 @@ def open_session(volume, *, model=None, server_url: str | None = None,
                  token: str | None = None, axis: str = "axial", intensity: str = "ct") -> Any:
     """An in-process `Session` (with `model`) or a remote session on `server_url`."""
     if server_url:
-        from sam2refine.client import Client
+        from sam2refine.remote.client import Client
 
         return Client(server_url, token=token or None).open_session(
             volume, axis=axis, intensity=intensity)
     if model is None:
         raise ValueError("Load a model first (or choose a remote server).")
-    from sam2refine.session import Session
+    from sam2refine.sam.session import Session
 
     return Session(model, volume, axis=axis, intensity=intensity)
 
@@ -102,13 +102,13 @@ def close_session(session: Any) -> None:
 
 
 def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
-    """The engine's automatic pipeline (`sam2refine.auto.auto_segment`) for `session`; a
+    """The engine's automatic pipeline (`sam2refine.auto.pipeline.auto_segment`) for `session`; a
     clear error for remote sessions, where the server does not offer it yet."""
     if session is not None and type(session).__name__ != "Session":
         raise AutoSegmentUnavailableError(
             "Auto-segment is not available on a remote server yet: choose 'This computer' "
             "(local processing) to auto-segment, or prompt and Propagate on the server.")
-    from sam2refine.auto import auto_segment
+    from sam2refine.auto.pipeline import auto_segment
 
     return auto_segment
 
@@ -116,8 +116,8 @@ def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
 def test_connection(url: str, token: str | None = None) -> str:
     """One line describing the server at `url`; raises with the server's message when it
     cannot be reached or refuses the token."""
-    from sam2refine.client import Client
-    from sam2refine.wire import SessionNotFoundError
+    from sam2refine.remote.client import Client
+    from sam2refine.remote.wire import SessionNotFoundError
 
     if not url:
         raise ValueError("Enter the server URL, e.g. http://gpu-host:8000.")
@@ -160,7 +160,7 @@ def export_dicom_seg(labelmap, segment_infos, reference_folder: str | Path,
                      path: str | Path, algorithm_type: str = "SEMIAUTOMATIC") -> Path:
     """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`;
     `algorithm_type` AUTOMATIC when only the automatic pipeline made it."""
-    from sam2refine.dicomseg import export_dicom_seg as write
+    from sam2refine.io.dicomseg import export_dicom_seg as write
 
     return write(labelmap, segment_infos, reference_folder, path,
                  algorithm_type=algorithm_type)

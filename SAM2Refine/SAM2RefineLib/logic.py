@@ -3,7 +3,7 @@ segmentation node with one segment per session object. MRML only (no Qt).
 
 Every AI step exists as `<step>Job(...)` (a `Job`: engine work in `run`, MRML updates in
 `finish`, so a widget can run it off the UI thread) and as `<step>(...)`, which runs it at once
-(Python console, tests). Steps only use the session verbs shared by `sam2refine.session.Session`
+(Python console, tests). Steps only use the session verbs shared by `sam2refine.sam.session.Session`
 and the remote client, so both backends behave the same.
 """
 
@@ -51,7 +51,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
 
     # ----- model and session ---------------------------------------------------------------
     def setModel(self, model) -> None:
-        """Use an already built SAM 2 model (from `sam2refine.model.build_model`)."""
+        """Use an already built SAM 2 model (from `sam2refine.sam.model.build_model`)."""
         self.model = model
 
     def loadModelJob(self, name: str = "sam2.1_hiera_tiny", imageSize: int = 512,
@@ -85,7 +85,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
         def finish(session):
             self.closeSession()
             self.session, self.volume, self.volumeNode = session, volume, volumeNode
-            from sam2refine.slicing import slice_stack
+            from sam2refine.image.slicing import slice_stack
 
             self.stack = slice_stack(volume, axis)
             self.segmentationNode = segmentationNode or self._newSegmentation(volumeNode)

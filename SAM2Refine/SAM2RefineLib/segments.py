@@ -25,7 +25,7 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 def terminology_for(name: str) -> str | None:
     """Slicer terminology entry for a structure name, from the engine's SNOMED CT table
     (the same codes a DICOM-SEG export uses); None for names it does not know."""
-    from sam2refine.terminology import lookup
+    from sam2refine.io.terminology import lookup
 
     codes = lookup(name)
     if codes.is_generic:
@@ -41,7 +41,7 @@ def terminology_for(name: str) -> str | None:
 
 def add_segment(segmentation_node, name: str, color=None) -> str:
     """Add an empty segment with a colour and, for known structures, a terminology entry."""
-    from sam2refine.export import default_color
+    from sam2refine.io.segmentation import default_color
 
     segmentation = segmentation_node.GetSegmentation()
     if color is None:
@@ -159,7 +159,7 @@ def locked_mask(segmentation_node, volume_node, exclude: tuple[str, ...] = ()) -
 def labelmap(segmentation_node, volume_node, volume):
     """All segments as one labelmap `Volume` (labels 1..n in segment order, locked segments
     painted last so they win overlaps) and their `SegmentInfo`s, for file exports."""
-    from sam2refine.export import SegmentInfo
+    from sam2refine.io.segmentation import SegmentInfo
 
     ids = segment_ids(segmentation_node)
     labels = np.zeros(volume.voxels.shape, np.uint8 if len(ids) < 256 else np.uint16)
@@ -179,7 +179,7 @@ def write_seg_nrrd(segmentation_node, path: Path) -> Path:
     """Write `segmentation_node` to `path` with Slicer's .seg.nrrd writer, atomically."""
     import slicer
 
-    from sam2refine.export import atomic_write
+    from sam2refine.io.segmentation import atomic_write
 
     def write(tmp: Path) -> None:
         storage = slicer.vtkMRMLSegmentationStorageNode()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam2refine.auto import auto_segment
-from sam2refine.prompt_sources import LabelFilePromptSource
-from sam2refine.session import Session
-from sam2refine.volume import load_volume
+from sam2refine.auto.pipeline import auto_segment
+from sam2refine.auto.sources import LabelFilePromptSource
+from sam2refine.image.volume import load_volume
+from sam2refine.sam.session import Session
 
 ORGAN = "gallbladder"
 ARGS = {"organs": [ORGAN], "stages": 2, "margin": 1}
@@ -89,11 +89,11 @@ def test_segments_equal_the_engine_result_and_stages_are_shown(scenario, referen
 
 
 def test_dicom_seg_algorithm_type_follows_who_made_it(scenario, monkeypatch, tmp_path):
-    import sam2refine.dicomseg
+    import sam2refine.io.dicomseg
 
     logic, node, _, _ = scenario
     seen = []
-    monkeypatch.setattr(sam2refine.dicomseg, "export_dicom_seg",
+    monkeypatch.setattr(sam2refine.io.dicomseg, "export_dicom_seg",
                         lambda *a, algorithm_type, **k: seen.append(algorithm_type))
     logic.exportDicomSeg(tmp_path / "a.dcm", tmp_path)
     assert logic.algorithmType() == "AUTOMATIC" and seen == ["AUTOMATIC"]
@@ -156,7 +156,7 @@ def test_remote_sessions_say_auto_segment_is_not_available_there(core, module, t
                                                                   paths):
     from SAM2RefineLib.backends import AutoSegmentUnavailableError
 
-    from sam2refine.server import ServerThread, create_app
+    from sam2refine.remote.server import ServerThread, create_app
 
     with ServerThread(create_app(tiny_model)) as url:
         logic = module.SAM2RefineLogic(core.scene)

@@ -14,8 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from sam2refine.session import Session
-from sam2refine.volume import load_volume
+from sam2refine.image.volume import load_volume
+from sam2refine.sam.session import Session
 
 LIVER_POINT = (77, 57, 24)  # ijk, inside the liver (examples/example_ct_sm.prompts.json)
 SPLEEN_BOX = ((10, 22, 22), (39, 51, 22))
@@ -123,7 +123,7 @@ def test_prompts_land_on_the_session_voxels(scenario, reference):
 def test_seg_nrrd_reads_back_identically(scenario, tmp_path):
     import slicerio
 
-    from sam2refine.export import read_seg_nrrd
+    from sam2refine.io.segmentation import read_seg_nrrd
 
     logic, node, (liver, spleen), _, _ = scenario
     path = logic.exportSegNrrd(tmp_path / "out.seg.nrrd")
@@ -216,8 +216,8 @@ def test_exact_mask_prompt_keeps_physical_voxels(core, start_logic, totalseg_dir
 
 
 def test_remote_session_gives_the_same_segments(core, module, tiny_model, ct_path, scenario):
-    pytest.importorskip("sam2refine.client")
-    from sam2refine.server import ServerThread, create_app
+    pytest.importorskip("sam2refine.remote.client")
+    from sam2refine.remote.server import ServerThread, create_app
 
     with ServerThread(create_app(tiny_model, token="secret")) as url:
         logic, node, (liver, spleen), (points, box), states = run_scenario(
@@ -254,7 +254,7 @@ def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir,
     from SAM2RefineLib.volumes import ras_matrix_of
 
     from sam2refine.errors import ExportError
-    from tests.test_dicomseg import standard_axial, write_dicom_series
+    from tests.io.test_dicomseg import standard_axial, write_dicom_series
 
     series = tmp_path / "series"
     write_dicom_series(standard_axial(load_volume(totalseg_dir / "example_ct_sm.nii.gz")), series)
@@ -279,11 +279,11 @@ def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir,
 def test_model_loads_with_fine_tuned_adapters(module, tiny_checkpoint, tmp_path):
     import torch
 
-    from sam2refine.adapter_io import save_adapters
-    from sam2refine.adapters import add_adapters, named_adapters
     from sam2refine.errors import AdapterError
-    from sam2refine.model import build_model
-    from sam2refine.weights import sha256_file
+    from sam2refine.sam.adapter_files import save_adapters
+    from sam2refine.sam.adapters import add_adapters, named_adapters
+    from sam2refine.sam.model import build_model
+    from sam2refine.sam.weights import sha256_file
     from tests.conftest import TEST_IMAGE_SIZE
 
     base = add_adapters(build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu"))

@@ -1,0 +1,1 @@
+"""The `sam2refine` command line, one module per verb family."""

@@ -1,0 +1,1 @@
+"""Training and evaluation data: the nnU-Net raw reader and synthetic phantoms."""

@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning of SAM 2 with simulated prompts."""

@@ -1,0 +1,1 @@
+"""Image volumes with their patient geometry, their slices, and intensity windows."""

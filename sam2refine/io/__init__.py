@@ -1,0 +1,1 @@
+"""Files in and out: segmentations, DICOM-SEG, terminology, atomic writes, torch files."""

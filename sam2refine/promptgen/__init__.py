@@ -1,0 +1,1 @@
+"""The U-Net prompt generator that proposes organs: model, training data, training."""

@@ -1,0 +1,160 @@
+"""HTTP plumbing of the engine server: request bodies, the bearer check, the upload limit,
+and error answers (`{"error": message, "type": class name}`, never a traceback)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sam2refine.errors import SAM2RefineError
+from sam2refine.remote.wire import (
+    AuthError,
+    RequestError,
+    UploadTooLargeError,
+    error_body,
+    status_for,
+)
+
+log = logging.getLogger("sam2refine.remote.server")
+ObjRef = StrictInt | StrictStr  # an object id (int) or name (str), as in Session
+
+
+class NewObject(BaseModel):
+    name: str
+    obj_id: int | None = None
+
+
+class ObjectRef(BaseModel):
+    obj: ObjRef
+
+
+class LockBody(ObjectRef):
+    locked: bool = True
+
+
+class PointsBody(ObjectRef):
+    points: list[list[float]]
+    labels: list[int]
+    coords: str = "ijk"
+
+
+class BoxBody(ObjectRef):
+    corner_a: list[float]
+    corner_b: list[float]
+    coords: str = "ijk"
+    frame: int | None = None
+
+
+class FrameBody(ObjectRef):
+    frame: int
+
+
+class MaskBody(FrameBody):
+    mask: dict[str, Any]
+    mode: str = "refine"
+
+
+class MaskVolumeBody(ObjectRef):
+    mask: dict[str, Any]
+    frames: list[int] | None = None
+    mode: str = "refine"
+
+
+class PropagateBody(BaseModel):
+    objects: list[ObjRef] | None = None
+    frame_range: tuple[int, int] | None = None
+
+
+# ----- checks and errors --------------------------------------------------------------------
+def auth_dependency(token: str | None) -> Callable[..., Awaitable[None]]:
+    """A dependency that checks the bearer token (constant-time) when one is configured."""
+    expected = token.encode() if token else None
+
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 expected):
+            raise AuthError(
+                "This server needs its access token: send 'Authorization: Bearer <token>' "
+                "(in Slicer, enter the token the server was started with)."
+                if not authorization else "Wrong access token for this server."
+            )
+    return check
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, read in chunks and refused as soon as it passes `max_bytes`."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, max_bytes: int) -> UploadTooLargeError:
+    return UploadTooLargeError(
+        f"The upload ({size / 2**20:.1f} MiB, or more) is larger than this server accepts "
+        f"({max_bytes / 2**20:.1f} MiB). Crop the volume to the region to segment, or restart "
+        "the server with a higher limit."
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a declared Content-Length over the limit before reading it."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            size = int(length) if length.isdigit() else 0
+            if size > self.max_bytes:
+                exc = _too_large(size, self.max_bytes)
+                await JSONResponse(error_body(exc), 413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Engine errors -> 4xx `{"error", "type"}`; anything else -> 500 without a traceback."""
+
+    @app.exception_handler(SAM2RefineError)
+    async def engine_error(_: Request, exc: SAM2RefineError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return JSONResponse(error_body(exc), status_for(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                 for e in exc.errors()[:5]]
+        error = RequestError("Malformed request: " + "; ".join(parts) +
+                             ". Check that the client and server versions match.")
+        return JSONResponse(error_body(error), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = (f"No endpoint {request.method} {request.url.path} on this server; check "
+                   "the URL and that the client and server versions match."
+                   if exc.status_code in (404, 405) else str(exc.detail))
+        return JSONResponse(error_body(RequestError(message)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Unexpected error in %s %s", request.method, request.url.path,
+                  exc_info=exc)
+        return JSONResponse({"error": f"Internal error in the server ({type(exc).__name__}); "
+                                      "see the server log.", "type": "ServerError"}, 500)

@@ -1,0 +1,349 @@
+"""The engine over HTTP (`sam2refine serve`): one SAM 2 session per opened volume.
+
+Slicer's remote mode (and `sam2refine.remote.client`) upload a volume once, then send prompts
+(each answered with that slice's mask), run propagation as a job they can watch and cancel,
+and fetch the label volume. See `sam2refine.remote.wire` for the payload formats. All model work
+runs on one worker thread, in order (see `remote.jobs.Engine`).
+
+Security: the server binds 127.0.0.1 by default. Any other address needs a token, sent by
+clients as `Authorization: Bearer <token>`; every endpoint but `/health` checks it. The token
+travels in clear text over plain HTTP: off a trusted network, put a TLS proxy in front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+
+from sam2refine import __version__
+from sam2refine.errors import PromptError, SAM2RefineError
+from sam2refine.remote.http import (
+    BodyLimit,
+    BoxBody,
+    FrameBody,
+    LockBody,
+    MaskBody,
+    MaskVolumeBody,
+    NewObject,
+    ObjectRef,
+    PointsBody,
+    PropagateBody,
+    add_error_handlers,
+    auth_dependency,
+    read_body,
+)
+from sam2refine.remote.jobs import Engine
+from sam2refine.remote.wire import (
+    API_VERSION,
+    decode_mask,
+    encode_mask,
+    object_info_to_json,
+    slice_result_to_json,
+    volume_from_bytes,
+    volume_to_bytes,
+)
+
+log = logging.getLogger("sam2refine.remote.server")
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30  # compressed request body
+DEFAULT_MAX_VOLUME_BYTES = 4 << 30  # the uploaded voxels, uncompressed
+
+
+# ----- the app ---------------------------------------------------------------------------------
+def create_app(
+    model: Any,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
+    idle_timeout_s: float = 1800,
+    max_sessions: int = 8,
+) -> FastAPI:
+    """The HTTP app serving sessions on `model` (from `build_model`); all state lives in it.
+
+    Sessions unused for `idle_timeout_s` are dropped; at most `max_sessions` are open at once
+    (each holds its slices' features, up to a few GiB)."""
+    from sam2refine.sam.session import Session, check_model
+
+    check_model(model)
+    engine = Engine(model, idle_timeout_s, max_sessions)
+    device = str(next(model.parameters()).device)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(engine.reap_forever())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            engine.shutdown()
+
+    app = FastAPI(title="sam2refine engine", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "api": API_VERSION, "version": __version__,
+                "image_size": int(model.image_size), "device": device,
+                "sessions": len(engine.sessions), "model_busy": engine.model_busy,
+                "auth": token is not None, "max_upload_bytes": max_upload_bytes}
+
+    api = APIRouter(dependencies=[Depends(auth_dependency(token))])
+
+    @api.post("/sessions", status_code=201)
+    async def open_session(request: Request, axis: str = "axial",
+                           intensity: str = "ct") -> dict:
+        engine.check_room()
+        data = await read_body(request, max_upload_bytes)
+        volume = await asyncio.to_thread(volume_from_bytes, data, max_volume_bytes)
+        session = await asyncio.to_thread(Session, model, volume, axis, intensity)
+        record = engine.add(session)
+        log.info("Session %s opened: %s, %d %s slices", record.session_id[:6],
+                 volume.voxels.shape, session.num_frames, axis)
+        return {"session_id": record.session_id, "num_frames": session.num_frames,
+                "height": session.stack.height, "width": session.stack.width, "axis": axis,
+                "intensity": intensity}
+
+    @api.get("/sessions/{sid}")
+    async def describe(sid: str) -> dict:
+        record = engine.get(sid)
+        infos = await engine.run(record.session.describe)
+        return {"session_id": sid, "num_frames": record.session.num_frames,
+                "objects": [object_info_to_json(i) for i in infos]}
+
+    @api.delete("/sessions/{sid}")
+    async def close_session(sid: str) -> dict:
+        engine.remove(sid)
+        return {"closed": sid}
+
+    @api.post("/sessions/{sid}/add_object")
+    async def add_object(sid: str, body: NewObject) -> dict:
+        session = engine.get(sid).session
+        return {"obj_id": await engine.run(lambda: session.add_object(body.name, body.obj_id))}
+
+    @api.post("/sessions/{sid}/object")
+    async def object_info(sid: str, body: ObjectRef) -> dict:
+        session = engine.get(sid).session
+
+        def info() -> dict:
+            obj_id = session.object(body.obj).obj_id
+            return next(object_info_to_json(i) for i in session.describe() if i.obj_id == obj_id)
+        return await engine.run(info)
+
+    @api.post("/sessions/{sid}/remove_object")
+    async def remove_object(sid: str, body: ObjectRef) -> dict:
+        session = engine.get(sid).session
+        await engine.run(lambda: session.remove_object(body.obj))
+        return {}
+
+    @api.post("/sessions/{sid}/set_locked")
+    async def set_locked(sid: str, body: LockBody) -> dict:
+        session = engine.get(sid).session
+        await engine.run(lambda: session.set_locked(body.obj, body.locked))
+        return {}
+
+    @api.post("/sessions/{sid}/add_points")
+    async def add_points(sid: str, body: PointsBody) -> dict:
+        session = engine.get(sid).session
+        if any(len(p) != 3 for p in body.points):
+            raise PromptError("Give each click as one [x, y, z] triple (voxel i, j, k or mm).")
+        return await engine.run(lambda: slice_result_to_json(
+            session.add_points(body.obj, body.points, body.labels, body.coords)))
+
+    @api.post("/sessions/{sid}/set_box")
+    async def set_box(sid: str, body: BoxBody) -> dict:
+        session = engine.get(sid).session
+        if len(body.corner_a) != 3 or len(body.corner_b) != 3:
+            raise PromptError("Give each box corner as one [x, y, z] triple.")
+        return await engine.run(lambda: slice_result_to_json(session.set_box(
+            body.obj, body.corner_a, body.corner_b, body.coords, body.frame)))
+
+    @api.post("/sessions/{sid}/set_mask")
+    async def set_mask(sid: str, body: MaskBody) -> dict:
+        session = engine.get(sid).session
+        mask = decode_mask(body.mask)
+        return await engine.run(lambda: slice_result_to_json(
+            session.set_mask(body.obj, body.frame, mask, body.mode)))
+
+    @api.post("/sessions/{sid}/set_mask_volume")
+    async def set_mask_volume(sid: str, body: MaskVolumeBody) -> dict:
+        session = engine.get(sid).session
+        mask = await asyncio.to_thread(decode_mask, body.mask)
+        results = await engine.run(
+            lambda: session.set_mask_volume(body.obj, mask, body.frames, body.mode))
+        return {"results": [slice_result_to_json(r) for r in results]}
+
+    @api.post("/sessions/{sid}/clear_prompts")
+    async def clear_prompts(sid: str, body: FrameBody) -> dict:
+        session = engine.get(sid).session
+        await engine.run(lambda: session.clear_prompts(body.obj, body.frame))
+        return {}
+
+    @api.post("/sessions/{sid}/slice_mask")
+    async def slice_mask(sid: str, body: FrameBody) -> dict:
+        session = engine.get(sid).session
+        return await engine.run(lambda: {"mask": encode_mask(session.slice_mask(body.obj,
+                                                                            body.frame))})
+
+    @api.post("/sessions/{sid}/object_mask")
+    async def object_mask(sid: str, body: ObjectRef) -> dict:
+        session = engine.get(sid).session
+        return await engine.run(lambda: {"mask": encode_mask(session.object_mask(body.obj))})
+
+    @api.get("/sessions/{sid}/label_volume")
+    async def label_volume(sid: str) -> Response:
+        session = engine.get(sid).session
+        data = await engine.run(lambda: volume_to_bytes(session.label_volume()))
+        return Response(data, media_type="application/x-npz")
+
+    @api.post("/sessions/{sid}/propagate", status_code=202)
+    async def propagate(sid: str, body: PropagateBody) -> dict:
+        record = engine.get(sid)
+        return engine.start_propagation(record, body.objects, body.frame_range).to_json()
+
+    @api.get("/sessions/{sid}/jobs/{job_id}")
+    async def job_status(sid: str, job_id: str, after: int | None = None,
+                         wait: float = 0.0) -> dict:
+        """Job progress; with `after`, wait up to `wait` s (max 30) until more is done."""
+        record = engine.get(sid)
+        job = engine.job(record, job_id)
+        if after is not None and wait > 0:
+            await job.wait(after, min(wait, 30.0))
+            record.last_used = time.monotonic()
+        return job.to_json()
+
+    @api.post("/sessions/{sid}/jobs/{job_id}/cancel")
+    async def cancel_job(sid: str, job_id: str) -> dict:
+        job = engine.job(engine.get(sid), job_id)
+        job.cancel.set()
+        return job.to_json()
+
+    app.include_router(api)
+    return app
+
+# ----- running it ------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise SAM2RefineError(
+            f"Refusing to listen on {host} without an access token: anyone who can reach it "
+            "could read the volumes. Pass --token (or set SAM2REFINE_TOKEN), or listen on "
+            "127.0.0.1 only (the default)."
+        )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or an error saying why the address cannot be used."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on connections of such sockets,
+    # and without it every keep-alive request waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        if os.name != "nt":  # on Windows it would let another process take the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise SAM2RefineError(
+            f"Cannot listen on {host}:{port} ({exc.strerror or exc}). Another server may use "
+            "that port: choose another with --port, or stop the other one."
+        ) from exc
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    model_name: str = "sam2.1_hiera_tiny",
+    image_size: int = 1024,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    idle_timeout_s: float = 1800,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    adapters: str | Path | None = None,
+) -> None:
+    """Build the model (with fine-tuned `adapters` if given) and serve it until interrupted."""
+    from sam2refine.sam.model import build_model, resolve_device
+    from sam2refine.sam.weights import resolve_checkpoint
+
+    token = token or None
+    check_bind(host, token)
+    sock = listen(host, port)  # fail fast, before minutes of model loading
+    try:
+        device_obj = resolve_device(device)
+        model = build_model(model_name, image_size,
+                            resolve_checkpoint(model_name, checkpoint), device_obj,
+                            adapters=adapters)
+        app = create_app(model, token=token, max_upload_bytes=max_upload_bytes,
+                         idle_timeout_s=idle_timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    log.info("Serving %s at %d px on %s at http://%s:%d%s; stop with Ctrl+C", model_name,
+             image_size, device_obj, host, port, " (token required)" if token else "")
+    if token and not is_loopback(host):
+        log.warning("The token travels in clear text over HTTP; use a TLS proxy off a "
+                    "trusted network.")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+
+
+class ServerThread:
+    """Serve an app on 127.0.0.1 at a free port in a background thread (tests, benchmarks).
+
+    `with ServerThread(app) as url:` yields the base URL; leaving the block stops the server.
+    """
+
+    def __init__(self, app: FastAPI, startup_timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.startup_timeout_s = startup_timeout_s
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> str:
+        sock = listen("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="sam2refine-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise SAM2RefineError("The engine server thread failed to start.")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=15)
+
