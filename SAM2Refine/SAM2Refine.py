@@ -471,7 +471,7 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         import torch
         from SAM2RefineLib.volumes import volume_from_node
 
-        from sam2refine.sam.model import build_model
+        from sam2refine import build_model
 
         torch.manual_seed(0)
         logic.setModel(build_model("sam2.1_hiera_tiny", 256, None, "cpu"))

@@ -26,12 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sam2refine.auto.pipeline import AutoResult, auto_segment  # noqa: E402
-from sam2refine.auto.sources import UNetPromptSource, normalize_name  # noqa: E402
+from sam2refine.auto.sources import UNetPromptSource  # noqa: E402
 from sam2refine.datasets.phantoms import PHANTOM_ORGANS, make_phantom_case, write_phantom_dataset  # noqa: E402
-from sam2refine.image.volume import load_label_volume, load_volume  # noqa: E402
+from sam2refine.image.labels import load_label_volume  # noqa: E402
+from sam2refine.image.reading import load_volume  # noqa: E402
+from sam2refine.io.organ_names import organ_key  # noqa: E402
 from sam2refine.sam.model import build_model  # noqa: E402
 
 STAGES = ("unet", "stage1", "stage2")
+
 REAL_CT = ROOT.parent / "shared" / "data" / "totalseg-example"
 
 
@@ -63,13 +66,13 @@ def score(result: AutoResult, truth: np.ndarray, values: dict[str, int],
           organs: list[str]) -> dict[str, dict]:
     """Dice per stage for each organ in `organs` present in `truth`; an organ the pipeline did
     not propose scores 0 (a miss, not a gap in the mean)."""
-    proposed = {normalize_name(name): organ.obj_id for name, organ in result.prompts.items()}
+    proposed = {organ_key(name): organ.obj_id for name, organ in result.prompts.items()}
     out: dict[str, dict] = {s.name: {} for s in result.stages}
     for name in organs:
-        value = values.get(normalize_name(name))
+        value = values.get(organ_key(name))
         if value is None or not (truth == value).any():
             continue
-        obj_id = proposed.get(normalize_name(name))
+        obj_id = proposed.get(organ_key(name))
         for stage in result.stages:
             found = (stage.label_volume.voxels == obj_id) if obj_id is not None else \
                 np.zeros(truth.shape, bool)
@@ -129,7 +132,7 @@ def main() -> None:
         torch.manual_seed(0)  # the same random-init SAM 2 whether or not the U-Net was trained
         model = build_model("sam2.1_hiera_tiny", args.image_size, args.checkpoint, args.device)
         source = UNetPromptSource(ckpt, args.device)
-        values = {normalize_name(n): v for n, v in PHANTOM_ORGANS.items()}
+        values = {organ_key(n): v for n, v in PHANTOM_ORGANS.items()}
         scores, seconds = [], []
         for n in range(args.test_cases):
             image, labels = make_phantom_case(10_000 + n, tuple(args.shape))  # held out
@@ -146,7 +149,7 @@ def main() -> None:
             ct = load_volume(REAL_CT / "example_ct_sm.nii.gz")
             truth = load_label_volume(REAL_CT / "example_seg.nii.gz", ct).voxels
             names = json.loads((REAL_CT / "labels.json").read_text())
-            real_values = {normalize_name(v): int(k) for k, v in names.items()}
+            real_values = {organ_key(v): int(k) for k, v in names.items()}
             wanted = args.real_organs.split(",")
             result = run_case(model, ct, source, args, wanted)
             real = report("Shared real CT (TotalSegmentator labels), Dice per stage",

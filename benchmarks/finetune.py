@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from sam2refine.finetune.config import FinetuneConfig
 from sam2refine.finetune.data import ClipDataset
-from sam2refine.finetune.train import FinetuneConfig, Trainer
-from sam2refine.sam.model import build_model, resolve_device
+from sam2refine.finetune.train import Trainer
+from sam2refine.runtime import resolve_device
+from sam2refine.sam.model import build_model
 
 
 def main() -> None:

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam2refine.image.volume import Volume, load_volume
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
 from sam2refine.remote.client import Client
 from sam2refine.remote.server import ServerThread, create_app
-from sam2refine.sam.model import build_model, resolve_device
+from sam2refine.runtime import resolve_device
+from sam2refine.sam.model import build_model
 from sam2refine.sam.session import Session
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
@@ -86,7 +88,7 @@ def main() -> None:
             masks = []
             for name, session in sessions.items():
                 start = time.perf_counter()
-                result = session.add_points(1, [clicks[n % 2]], [n % 3 != 2])
+                [result] = session.add_points(1, [clicks[n % 2]], [n % 3 != 2])
                 times[name].append(time.perf_counter() - start)
                 masks.append(result.mask)
             same &= bool(np.array_equal(*masks))

@@ -28,10 +28,14 @@ import numpy as np
 import sam2.sam2_video_predictor as stock_module
 import torch
 
-from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
-from sam2refine.image.volume import Volume, load_label_volume, load_volume
-from sam2refine.sam.model import build_model, inference_context, resolve_device
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
+from sam2refine.image.labels import load_label_volume
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
+from sam2refine.runtime import inference_context, resolve_device
+from sam2refine.sam.model import build_model
 from sam2refine.sam.session import Session
+from sam2refine.sam.transform import to_model_tensor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
 
@@ -82,8 +86,7 @@ def run_session(model, volume, boxes, frame, fix) -> tuple[float, float, dict]:
     session.propagate()
     t1 = time.perf_counter()
     first = {o: session.object_mask(o) for o in ids}
-    fix_ijk = session.stack.frc_to_ijk(np.array([[fix[0], fix[1], fix[2]]]))
-    session.add_points(ids[0], fix_ijk, [1])
+    session.add_points(ids[0], [fix], [1], coords="slice")
     session.propagate()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, first

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2refine.auto.sources import normalize_name, read_label_names
 from sam2refine.datasets.nnunet import read_label_file
 from sam2refine.errors import DatasetError, PromptGeneratorError
-from sam2refine.image.volume import Volume, resample_to
+from sam2refine.image.labels import resample_to
+from sam2refine.image.volume import Volume
+from sam2refine.io.label_names import read_label_names
+from sam2refine.io.organ_names import organ_key
 from sam2refine.io.segmentation import read_seg_nrrd
 
 log = logging.getLogger("sam2refine")
@@ -153,11 +155,11 @@ def score_case(
 
     `pred` must be on `gt`'s grid; None stands for an empty prediction.
     """
-    pred_values = {normalize_name(n): v for v, n in pred_names.items()}
-    gt_values = {normalize_name(n): v for v, n in gt_names.items()}
+    pred_values = {organ_key(n): v for v, n in pred_names.items()}
+    gt_values = {organ_key(n): v for v, n in gt_names.items()}
     scores = {}
     for organ in organs:
-        key = normalize_name(organ)
+        key = organ_key(organ)
         gt_mask = gt.voxels == gt_values[key] if key in gt_values else np.zeros(gt.voxels.shape,
                                                                                  bool)
         if pred is None or key not in pred_values:

@@ -14,7 +14,8 @@ TEST_IMAGE_SIZE = 256  # the smallest supported size keeps CPU tests fast
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """Random-init SAM 2.1 tiny written in the official {"model": state_dict} format."""
-    from sam2refine.sam.model import build_model, save_checkpoint
+    from sam2refine.sam.checkpoints import save_checkpoint
+    from sam2refine.sam.model import build_model
 
     torch.manual_seed(0)
     model = build_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, None, "cpu")

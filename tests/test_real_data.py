@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 
 from sam2refine.errors import PromptError
-from sam2refine.image.volume import Volume, load_label_volume, load_volume, resample_to
+from sam2refine.image.labels import load_label_volume, resample_to
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
 from sam2refine.io.segmentation import SegmentInfo, read_seg_nrrd, write_seg_nrrd
 from sam2refine.sam.session import Session
 
 LIVER, SPLEEN = 5, 1
-
-
 def _largest_slice(session: Session, mask: np.ndarray) -> int:
     frames = session.stack.frames(mask)
     return int(frames.reshape(len(frames), -1).sum(1).argmax())

@@ -84,12 +84,12 @@ class AutoSegmentSteps:
 
 def segment_named(segmentation_node, name: str) -> str | None:
     """The ID of the segment called `name` (ignoring case and separators), or None."""
-    from sam2refine.auto.sources import normalize_name
+    from sam2refine import organ_key
 
-    key = normalize_name(name)
+    key = organ_key(name)
     for segment_id in segments.segment_ids(segmentation_node):
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        if normalize_name(segment.GetName()) == key:
+        if organ_key(segment.GetName()) == key:
             return segment_id
     return None
 

@@ -2,7 +2,7 @@
 
 Everything imports the engine lazily, so listing what is missing works before the engine's
 requirements (torch, sam2) are installed. Downloads go to the engine's per-user cache
-(`sam2refine.sam.weights.cache_dir()`, outside the extension folder, so reinstalling the
+(`~/.cache/sam2refine` or `$SAM2REFINE_CACHE`, outside the extension folder, so reinstalling the
 extension keeps them) and are checked against the catalogue's size and SHA-256.
 """
 
@@ -34,26 +34,22 @@ class WeightsRow:
 
 def catalogue() -> list[WeightsRow]:
     """The official checkpoints and whether each is already in the cache."""
-    from sam2refine.sam.weights import cached_path, load_catalogue
+    from sam2refine import weights_catalogue
 
-    rows = []
-    for name, entry in load_catalogue().items():
-        path = cached_path(entry)
-        rows.append(WeightsRow(name, entry.description, entry.size_bytes, path.is_file(), path))
-    return rows
+    return [WeightsRow(row.entry.name, row.entry.description, row.entry.size_bytes, row.cached,
+                       row.path) for row in weights_catalogue()]
 
 
 def download_weights(name: str, progress: Callable[[int, int], None] | None = None,
                      cancel: threading.Event | None = None) -> Path:
     """Download and verify `name` into the cache; progress is reported as (percent, 100)."""
-    from sam2refine.sam.weights import cache_dir, download, get_entry
+    from sam2refine import download_weights
 
     def report(done: int, total: int | None) -> None:
         if progress is not None and total:
             progress(min(100, int(100 * done / total)), 100)
 
-    return download(get_entry(name), cache_dir(), progress=False, cancel=cancel,
-                    on_progress=report)
+    return download_weights(name, on_progress=report, cancel=cancel)
 
 
 def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
@@ -62,17 +58,14 @@ def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
                adapters: str | Path | None = None) -> Any:
     """Build SAM 2.1 with verified weights (downloaded into the cache when missing), plus
     fine-tuned `adapters` when given (checked against that checkpoint before loading)."""
-    from sam2refine.sam.model import build_model, resolve_device
-    from sam2refine.sam.weights import resolve_checkpoint
+    import sam2refine
 
     def report(done: int, total: int | None) -> None:
         if progress is not None and total:
             progress(min(99, int(100 * done / total)), 100)
 
-    path = resolve_checkpoint(name, checkpoint or None, download=True, progress=False,
-                              cancel=cancel, on_progress=report)
-    model = build_model(name, int(image_size), path, resolve_device(device),
-                        adapters=adapters or None)
+    model = sam2refine.load_model(name, int(image_size), checkpoint or None, device,
+                                  adapters=adapters or None, on_progress=report, cancel=cancel)
     if progress is not None:
         progress(100, 100)
     return model
@@ -82,13 +75,13 @@ def open_session(volume, *, model=None, server_url: str | None = None,
                  token: str | None = None, axis: str = "axial", intensity: str = "ct") -> Any:
     """An in-process `Session` (with `model`) or a remote session on `server_url`."""
     if server_url:
-        from sam2refine.remote.client import Client
+        from sam2refine import Client
 
         return Client(server_url, token=token or None).open_session(
             volume, axis=axis, intensity=intensity)
     if model is None:
         raise ValueError("Load a model first (or choose a remote server).")
-    from sam2refine.sam.session import Session
+    from sam2refine import Session
 
     return Session(model, volume, axis=axis, intensity=intensity)
 
@@ -102,13 +95,13 @@ def close_session(session: Any) -> None:
 
 
 def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
-    """The engine's automatic pipeline (`sam2refine.auto.pipeline.auto_segment`) for `session`; a
+    """The engine's automatic pipeline (`sam2refine.auto_segment`) for `session`; a
     clear error for remote sessions, where the server does not offer it yet."""
     if session is not None and type(session).__name__ != "Session":
         raise AutoSegmentUnavailableError(
             "Auto-segment is not available on a remote server yet: choose 'This computer' "
             "(local processing) to auto-segment, or prompt and Propagate on the server.")
-    from sam2refine.auto.pipeline import auto_segment
+    from sam2refine import auto_segment
 
     return auto_segment
 
@@ -116,8 +109,7 @@ def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
 def test_connection(url: str, token: str | None = None) -> str:
     """One line describing the server at `url`; raises with the server's message when it
     cannot be reached or refuses the token."""
-    from sam2refine.remote.client import Client
-    from sam2refine.remote.wire import SessionNotFoundError
+    from sam2refine import Client, SessionNotFoundError
 
     if not url:
         raise ValueError("Enter the server URL, e.g. http://gpu-host:8000.")
@@ -160,7 +152,7 @@ def export_dicom_seg(labelmap, segment_infos, reference_folder: str | Path,
                      path: str | Path, algorithm_type: str = "SEMIAUTOMATIC") -> Path:
     """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`;
     `algorithm_type` AUTOMATIC when only the automatic pipeline made it."""
-    from sam2refine.io.dicomseg import export_dicom_seg as write
+    from sam2refine import export_dicom_seg as write
 
     return write(labelmap, segment_infos, reference_folder, path,
                  algorithm_type=algorithm_type)

@@ -3,7 +3,7 @@ segmentation node with one segment per session object. MRML only (no Qt).
 
 Every AI step exists as `<step>Job(...)` (a `Job`: engine work in `run`, MRML updates in
 `finish`, so a widget can run it off the UI thread) and as `<step>(...)`, which runs it at once
-(Python console, tests). Steps only use the session verbs shared by `sam2refine.sam.session.Session`
+(Python console, tests). Steps only use the session verbs shared by `sam2refine.SessionLike`
 and the remote client, so both backends behave the same.
 """
 
@@ -51,7 +51,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
 
     # ----- model and session ---------------------------------------------------------------
     def setModel(self, model) -> None:
-        """Use an already built SAM 2 model (from `sam2refine.sam.model.build_model`)."""
+        """Use an already built SAM 2 model (from `sam2refine.load_model`)."""
         self.model = model
 
     def loadModelJob(self, name: str = "sam2.1_hiera_tiny", imageSize: int = 512,
@@ -85,7 +85,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
         def finish(session):
             self.closeSession()
             self.session, self.volume, self.volumeNode = session, volume, volumeNode
-            from sam2refine.image.slicing import slice_stack
+            from sam2refine import slice_stack
 
             self.stack = slice_stack(volume, axis)
             self.segmentationNode = segmentationNode or self._newSegmentation(volumeNode)
@@ -181,11 +181,11 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
             raise ValueError("Place a point on the image first.")
 
         def run(progress, cancel):
-            return [self.session.add_points(objId, g.points_ras, g.labels, coords="ras")
-                    for g in groups]
+            return self.session.add_points(objId, [p for g in groups for p in g.points_frc],
+                                           [v for g in groups for v in g.labels], coords="slice")
 
         def finish(results):
-            records = [("points", (g.points_ras, g.labels)) for g in groups]
+            records = [("points", (g.points_frc, g.labels)) for g in groups]
             entry = self._applySlices(segmentId, results, records, "Points")
             entry.sent_points = [p for g in groups for p in g.point_ids]
             for nodeId in {n for n, _ in entry.sent_points}:
@@ -281,7 +281,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
         objIds = [self.objectIds[s] for s in ids]
 
         def run(progress, cancel):
-            from sam2refine.errors import CancelledError
+            from sam2refine import CancelledError
 
             stopped = None
             try:
@@ -382,7 +382,7 @@ class SAM2RefineLogicBase(AutoSegmentSteps):
 
     def _replay(self, objId: int, kind: str, args: tuple) -> None:
         if kind == "points":
-            self.session.add_points(objId, args[0], args[1], coords="ras")
+            self.session.add_points(objId, args[0], args[1], coords="slice")
         elif kind == "box":
             self.session.set_box(objId, args[0], args[1], coords="ras", frame=args[2])
         elif kind == "mask":

@@ -3,8 +3,9 @@
 Point prompts come from fiducial (point list) nodes: every control point is a click, positive
 in the node the "+ point" tool places into and negative in the "- point" node. Box prompts
 come from ROI nodes: the ROI's extent, clipped to the volume, on the slice through its centre.
-Control points are read in world RAS and brought into the volume's own RAS frame, which is
-what the session's coords="ras" means.
+Control points are read in world RAS, brought into the volume's own RAS frame (what the
+session's coords="ras" means) and, for clicks, onto the session's slices (coords="slice"), so
+the Logic knows which slice each click prompts.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ SENT_ATTRIBUTE = "SAM2Refine.SentPointIDs"  # control points already sent to the
 
 @dataclass
 class PointGroup:
-    """Clicks on one slice: RAS positions in the volume's frame and 1/0 labels."""
+    """Clicks on one slice: (frame, row, col) positions on the session's slices, 1/0 labels."""
 
     frame: int
-    points_ras: list[list[float]] = field(default_factory=list)
+    points_frc: list[list[float]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     point_ids: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
 
@@ -71,10 +72,11 @@ def group_points(volume_node, volume, stack, positive_node=None, negative_node=N
         if not points:
             continue
         ras = world_to_node(volume_node, np.array([p for _, p in points]))
-        frames = np.rint(stack.ijk_to_frc(volume.ras_to_index(ras))[:, 0]).astype(int)
-        for (point_id, _), position, frame in zip(points, ras, frames):
-            group = groups.setdefault(int(frame), PointGroup(int(frame)))
-            group.points_ras.append([float(v) for v in position])
+        frc = stack.ijk_to_frc(volume.ras_to_index(ras))
+        for (point_id, _), position in zip(points, frc):
+            frame = int(np.rint(position[0]))
+            group = groups.setdefault(frame, PointGroup(frame))
+            group.points_frc.append([float(v) for v in position])
             group.labels.append(label)
             group.point_ids.append((node.GetID(), point_id))
     return [groups[f] for f in sorted(groups)]

@@ -18,36 +18,15 @@ from SAM2RefineLib.volumes import ijk_to_ras, matrix_to_vtk
 ALGORITHM_ATTRIBUTE = "SAM2Refine.AlgorithmType"  # on the segmentation node: DICOM-SEG type
 
 LOCKED_TAG = "SAM2Refine.Locked"
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-
-
-def terminology_for(name: str) -> str | None:
-    """Slicer terminology entry for a structure name, from the engine's SNOMED CT table
-    (the same codes a DICOM-SEG export uses); None for names it does not know."""
-    from sam2refine.io.terminology import lookup
-
-    codes = lookup(name)
-    if codes.is_generic:
-        return None
-
-    def field(term) -> str:
-        return "^^" if term is None else f"{term.scheme}^{term.value}^{term.meaning}"
-
-    return "~".join([TERMINOLOGY_CONTEXT, field(codes.category), field(codes.type),
-                     field(codes.type_modifier), ANATOMIC_CONTEXT, field(codes.region),
-                     field(codes.region_modifier)])
-
-
 def add_segment(segmentation_node, name: str, color=None) -> str:
     """Add an empty segment with a colour and, for known structures, a terminology entry."""
-    from sam2refine.io.segmentation import default_color
+    from sam2refine import default_color, slicer_terminology
 
     segmentation = segmentation_node.GetSegmentation()
     if color is None:
         color = default_color(segmentation.GetNumberOfSegments(), name)
     segment_id = segmentation.AddEmptySegment("", name, [float(c) for c in color])
-    entry = terminology_for(name)
+    entry = slicer_terminology(name)
     if entry:
         segment = segmentation.GetSegment(segment_id)
         segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
@@ -159,7 +138,7 @@ def locked_mask(segmentation_node, volume_node, exclude: tuple[str, ...] = ()) -
 def labelmap(segmentation_node, volume_node, volume):
     """All segments as one labelmap `Volume` (labels 1..n in segment order, locked segments
     painted last so they win overlaps) and their `SegmentInfo`s, for file exports."""
-    from sam2refine.io.segmentation import SegmentInfo
+    from sam2refine import SegmentInfo
 
     ids = segment_ids(segmentation_node)
     labels = np.zeros(volume.voxels.shape, np.uint8 if len(ids) < 256 else np.uint16)
@@ -179,7 +158,7 @@ def write_seg_nrrd(segmentation_node, path: Path) -> Path:
     """Write `segmentation_node` to `path` with Slicer's .seg.nrrd writer, atomically."""
     import slicer
 
-    from sam2refine.io.segmentation import atomic_write
+    from sam2refine import atomic_write
 
     def write(tmp: Path) -> None:
         storage = slicer.vtkMRMLSegmentationStorageNode()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from sam2refine.image.volume import Volume
+    from sam2refine import Volume
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -63,7 +63,7 @@ def volume_from_node(volume_node) -> Volume:
 
 def volume_from_array(voxels_kji: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> Volume:
     """An engine `Volume` from a [k, j, i] array and a 4x4 IJK -> RAS matrix."""
-    from sam2refine.image.volume import Volume
+    from sam2refine import Volume
 
     ijk_to_lps = _LPS_FROM_RAS @ np.asarray(ijk_to_ras_matrix, dtype=np.float64)[:3, :]
     spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)

@@ -67,7 +67,7 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
         import torch
 
         from SAM2Refine import SAM2RefineLogic
-        from sam2refine.sam.model import build_model
+        from sam2refine import build_model
 
         torch.manual_seed(0)
         logic = SAM2RefineLogic()

@@ -28,12 +28,9 @@ from sam2refine.auto.stages import (
 )
 from sam2refine.errors import PromptError, SAM2RefineError
 from sam2refine.image.volume import Volume
-from sam2refine.io.segmentation import (
-    SegmentInfo,
-    atomic_write,
-    default_color,
-    write_nifti_labelmap,
-)
+from sam2refine.io.atomic import atomic_write
+from sam2refine.io.colors import default_color
+from sam2refine.io.segmentation import SegmentInfo, write_nifti_labelmap
 from sam2refine.sam.session import Session
 
 Progress = Callable[[int, int], None]

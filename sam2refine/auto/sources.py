@@ -10,7 +10,6 @@ Organ names are matched ignoring case and separators ("Kidney Left" = "kidney_le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -18,9 +17,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from sam2refine.errors import PromptGeneratorError
+from sam2refine.image.labels import load_label_volume, resample_to
 from sam2refine.image.slicing import SliceStack, slice_stack
-from sam2refine.image.volume import Volume, load_label_volume, resample_to
-from sam2refine.promptgen.generator import OrganProposal, Proposals, normalize_name, organ_boxes
+from sam2refine.image.volume import Volume
+from sam2refine.io.label_names import read_label_names, sidecar_names
+from sam2refine.io.organ_names import organ_key
+from sam2refine.promptgen.generator import OrganProposal, Proposals, organ_boxes
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 Names = Mapping[int, str] | str | Path | None
@@ -42,15 +44,15 @@ def match_organs(available: Sequence[str], wanted: Sequence[str] | None, what: s
     `PromptGeneratorError` listing what `what` has when a wanted name is missing."""
     if wanted is None:
         return list(available)
-    by_key = {normalize_name(n): n for n in available}
-    missing = [w for w in wanted if normalize_name(w) not in by_key]
+    by_key = {organ_key(n): n for n in available}
+    missing = [w for w in wanted if organ_key(w) not in by_key]
     if missing:
         have = ", ".join(sorted(available)) or "no named labels"
         raise PromptGeneratorError(
             f"{what} has no organ named {', '.join(repr(m) for m in missing)}. It has: {have}. "
             "Ask for organs it knows, or give a label-names file that names its labels."
         )
-    return [by_key[normalize_name(w)] for w in wanted]
+    return [by_key[organ_key(w)] for w in wanted]
 
 
 def proposal_from_mask(name: str, label: int, mask_kji: np.ndarray, stack: SliceStack,
@@ -62,55 +64,6 @@ def proposal_from_mask(name: str, label: int, mask_kji: np.ndarray, stack: Slice
     prob = mask.astype(np.float16) if probability is None else probability
     return OrganProposal(name=name, label=int(label), probability=prob, mask=mask, boxes=boxes,
                          z_extent=extent)
-
-
-# ----- label names ---------------------------------------------------------------------------
-def read_label_names(path: str | Path) -> dict[int, str]:
-    """Label value -> name from a names file: the shared data's labels.json ({"1": "spleen"}),
-    an nnU-Net dataset.json ({"labels": {"liver": 1}} or {"labels": {"1": "liver"}}), or our
-    NIfTI sidecar .labels.json ({"labels": {"1": {"name": "liver"}}}). Background is dropped."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise PromptGeneratorError(f"Label names file not found: {path}.") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PromptGeneratorError(f"Label names file {path} is not valid JSON: {exc}.") from exc
-    table = data.get("labels", data) if isinstance(data, dict) else None
-    names: dict[int, str] = {}
-    for key, value in (table or {}).items():
-        if isinstance(value, dict):
-            value = value.get("name")
-        pair = _value_and_name(key, value)
-        if pair is not None and pair[0] != 0:
-            names[pair[0]] = pair[1]
-    if not names:
-        raise PromptGeneratorError(
-            f"{path} names no labels. Give a labels.json ({{\"1\": \"spleen\", ...}}) or an "
-            "nnU-Net dataset.json."
-        )
-    return names
-
-
-def _value_and_name(key: object, value: object) -> tuple[int, str] | None:
-    if str(key).lstrip("-").isdigit() and isinstance(value, str):
-        return int(str(key)), value  # {"1": "liver"}
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value, str(key)  # nnU-Net v2 {"liver": 1}
-    return None  # region-based nnU-Net labels (lists) cannot be told apart in one map
-
-
-def _sidecar_names(label_path: Path) -> dict[int, str] | None:
-    """Names found next to a label file: <base>.labels.json, labels.json, dataset.json."""
-    name = label_path.name
-    base = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else label_path.stem
-    for candidate in (label_path.with_name(f"{base}.labels.json"),
-                      label_path.with_name("labels.json"), label_path.with_name("dataset.json")):
-        if candidate.is_file():
-            return read_label_names(candidate)
-    return None
 
 
 # ----- sources -------------------------------------------------------------------------------
@@ -138,7 +91,7 @@ class LabelFilePromptSource:
             from sam2refine.io.segmentation import read_seg_nrrd
 
             return {s.label: s.name for s in read_seg_nrrd(self.path)[1]}
-        names = _sidecar_names(self.path)
+        names = sidecar_names(self.path)
         if names is None:
             raise PromptGeneratorError(
                 f"No label names for {self.path.name}: put a labels.json or dataset.json next "

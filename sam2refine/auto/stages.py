@@ -158,9 +158,11 @@ def stage2(session: Session, proposals, plans: dict[str, OrganPrompts],
         missed = proposed & ~current & inside[:, None, None]
         extra = current & ~proposed & inside[:, None, None]
         clicks = corrective_clicks(missed, extra, settings.max_clicks, settings.min_error_voxels)
+        if clicks:
+            frc = [[f, r, c] for f, group in sorted(clicks.items()) for r, c, _ in group]
+            values = [v for _, group in sorted(clicks.items()) for _, _, v in group]
+            session.add_points(plan.obj_id, frc, values, coords="slice")
         for f, group in sorted(clicks.items()):
-            ijk = stack.frc_to_ijk([[f, r, c] for r, c, _ in group])
-            session.add_points(plan.obj_id, ijk, [v for _, _, v in group], coords="ijk")
             plan.points.setdefault(f, []).extend(group)
         clicks_by_organ[name] = clicks
     _propagate_each(session, plans, progress, cancel)
@@ -252,8 +254,7 @@ def _set_box(session: Session, obj_id: int, frame: int, box: Box) -> Box:
         r0, r1 = (r0, r0 + 1) if r0 + 1 < h else (r0 - 1, r0)
     if c1 == c0:
         c0, c1 = (c0, c0 + 1) if c0 + 1 < w else (c0 - 1, c0)
-    corners = session.stack.frc_to_ijk([[frame, r0, c0], [frame, r1, c1]])
-    session.set_box(obj_id, corners[0], corners[1], coords="ijk", frame=frame)
+    session.set_box(obj_id, (frame, r0, c0), (frame, r1, c1), coords="slice")
     return r0, c0, r1, c1
 
 

@@ -15,7 +15,8 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sam2refine.sam.model import DEVICES, SUPPORTED_IMAGE_SIZES
+    from sam2refine.runtime import DEVICES
+    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
 
     auto = subparsers.add_parser(
         "auto", help="segment organs automatically (prompt source + SAM 2 refinement)")
@@ -54,13 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _auto(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam2refine.sam.model import build_model, resolve_device
-    from sam2refine.sam.weights import resolve_checkpoint
+    from sam2refine.sam.model import load_model
 
     jobs = _jobs(args)
-    device = resolve_device(args.device)
-    checkpoint = resolve_checkpoint(args.model, args.checkpoint)
-    model = build_model(args.model, args.image_size, checkpoint, device, adapters=args.adapters)
+    model = load_model(args.model, args.image_size, args.checkpoint, args.device,
+                       adapters=args.adapters)
+    device = next(model.parameters()).device
     source = None
     if args.prompt_generator:
         from sam2refine.auto.sources import UNetPromptSource
@@ -129,7 +129,7 @@ def _label_for(folder: Path, case: str) -> Path:
 def _one(args, model, source, volume_path: Path, out: Path, prompts_out: Path | None) -> None:
     from sam2refine.auto.pipeline import auto_segment, save_prompts
     from sam2refine.auto.sources import LabelFilePromptSource
-    from sam2refine.image.volume import load_volume
+    from sam2refine.image.reading import load_volume
     from sam2refine.io.segmentation import write_segmentation
 
     volume = load_volume(volume_path)

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from sam2refine.evaluate import evaluate_folders
-    from sam2refine.io.segmentation import atomic_write
+    from sam2refine.io.atomic import atomic_write
 
     result = evaluate_folders(args.pred_dir, args.gt_dir, tolerance_mm=args.tolerance_mm,
                               dataset_json=args.dataset_json, allow_missing=args.allow_missing)

@@ -42,7 +42,9 @@ def _export(args: argparse.Namespace) -> int:
     suffixes = {"seg.nrrd": (".seg.nrrd",), "nifti": (".nii", ".nii.gz")}.get(fmt)
     if suffixes and not name.endswith(suffixes):
         raise ExportError(f"Output {out} must end in {' or '.join(suffixes)} for --format {fmt}.")
-    labelmap, segments, fields = _read_segmentation(Path(args.segmentation))
+    from sam2refine.io.segmentation import read_segmentation
+
+    labelmap, segments, fields = read_segmentation(Path(args.segmentation))
     algorithm_type = (args.algorithm_type or fields.get("SAM2Refine_AlgorithmType")
                       or "SEMIAUTOMATIC")
     if fmt == "dicom-seg":
@@ -74,47 +76,3 @@ def _export(args: argparse.Namespace) -> int:
         written = write_nifti_labelmap(out, labelmap, segments)
     log.info("Wrote %s (%s, %d segments)", written, fmt, len(segments))
     return 0
-
-
-def _read_segmentation(path: Path) -> tuple:
-    """(labelmap Volume, segments, SAM2Refine_* fields) from a .seg.nrrd or NIfTI labelmap."""
-    import json
-
-    import numpy as np
-    import SimpleITK as sitk
-
-    from sam2refine.errors import VolumeError
-    from sam2refine.image.volume import Volume
-    from sam2refine.io.segmentation import (
-        SegmentInfo,
-        default_color,
-        read_seg_nrrd,
-        read_seg_nrrd_fields,
-    )
-
-    if not path.is_file():
-        raise VolumeError(f"Segmentation file not found: {path}. Check the path.")
-    if path.name.lower().endswith(".seg.nrrd"):
-        labelmap, segments = read_seg_nrrd(path)
-        return labelmap, segments, read_seg_nrrd_fields(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise VolumeError(f"Cannot read {path}: give a .seg.nrrd or NIfTI labelmap.") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise VolumeError(f"{path} is not a 3D labelmap (size {image.GetSize()}).")
-    labelmap = Volume.from_sitk(image)
-    if not np.issubdtype(labelmap.voxels.dtype, np.integer):
-        raise VolumeError(f"{path} has {labelmap.voxels.dtype} voxels; a labelmap needs integers.")
-    base = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
-    sidecar = path.with_name(f"{base}.labels.json")
-    table = json.loads(sidecar.read_text("utf-8"))["labels"] if sidecar.is_file() else {}
-    values = sorted({int(v) for v in np.unique(labelmap.voxels) if v} | {int(k) for k in table})
-    segments = []
-    for index, value in enumerate(values):
-        entry = table.get(str(value), {})
-        name = entry.get("name") or f"Segment {value}"
-        color = entry.get("color") or default_color(index, name)
-        segments.append(SegmentInfo(name, value, tuple(float(c) for c in color),
-                                    entry.get("terminology")))
-    return labelmap, segments, {}

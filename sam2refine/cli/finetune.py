@@ -14,7 +14,8 @@ log = logging.getLogger("sam2refine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sam2refine.sam.model import DEVICES, SUPPORTED_IMAGE_SIZES
+    from sam2refine.runtime import DEVICES
+    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
 
     ft = subparsers.add_parser(
         "finetune", help="fine-tune SAM 2 adapters on an nnU-Net-format dataset",
@@ -52,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _finetune(args: argparse.Namespace) -> int:
     from sam2refine.errors import SAM2RefineError
-    from sam2refine.finetune.train import FinetuneConfig, finetune
+    from sam2refine.finetune.config import FinetuneConfig
+    from sam2refine.finetune.train import finetune
 
     for name in ("clip_length", "epochs"):
         if getattr(args, name) < 1:

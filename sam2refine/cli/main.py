@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from sam2refine.image.slicing import AXES
-    from sam2refine.sam.model import DEVICES, SUPPORTED_IMAGE_SIZES
+    from sam2refine.runtime import DEVICES
+    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
 
     parser = argparse.ArgumentParser(prog="sam2refine", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -68,23 +69,22 @@ def _parser() -> argparse.ArgumentParser:
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam2refine.image.volume import load_volume
-    from sam2refine.io.segmentation import SegmentInfo, default_color, write_segmentation
-    from sam2refine.sam.model import build_model, resolve_device
+    from sam2refine.image.reading import load_volume
+    from sam2refine.io.colors import default_color
+    from sam2refine.io.segmentation import SegmentInfo, write_segmentation
+    from sam2refine.sam.model import load_model
     from sam2refine.sam.prompts_file import apply_prompts, propagation_groups, read_prompts
     from sam2refine.sam.session import Session
-    from sam2refine.sam.weights import resolve_checkpoint
 
     out = Path(args.out)
     _check_output_suffix(out)
     volume = load_volume(args.volume)
     prompts = read_prompts(args.prompts)
-    checkpoint = resolve_checkpoint(args.model, args.checkpoint)
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.image_size, checkpoint, device, adapters=args.adapters)
+    model = load_model(args.model, args.image_size, args.checkpoint, args.device,
+                       adapters=args.adapters)
     session = Session(model, volume, axis=args.axis, intensity=args.intensity)
     log.info("Volume %s: %d %s slices; model %s at %d px on %s", args.volume,
-             session.num_frames, args.axis, args.model, args.image_size, device)
+             session.num_frames, args.axis, args.model, args.image_size, session.device)
     ids = apply_prompts(session, prompts)
     with tqdm(total=0, desc="propagating (slices x segments)", unit="step") as bar:
         def progress(done: int, total: int) -> None:

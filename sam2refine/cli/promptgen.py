@@ -14,7 +14,7 @@ log = logging.getLogger("sam2refine")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from sam2refine.promptgen.train import TrainSettings
-    from sam2refine.sam.model import DEVICES
+    from sam2refine.runtime import DEVICES
 
     d = TrainSettings(dataset=Path(), out=Path())  # the defaults live in TrainSettings
     p = subparsers.add_parser(

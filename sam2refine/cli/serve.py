@@ -6,7 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sam2refine.sam.model import DEVICES, SUPPORTED_IMAGE_SIZES
+    from sam2refine.runtime import DEVICES
+    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
 
     serve = subparsers.add_parser("serve", help="run the engine as an HTTP server (Slicer's "
                                   "remote mode); loopback only unless a token is given")

@@ -24,7 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from sam2refine.errors import DatasetError, VolumeError
-from sam2refine.image.volume import Volume, load_volume
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
 
 _FORMAT_HINT = (
     "The folder must be in nnU-Net raw format: imagesTr/ (<case>_0000.nii.gz, ...), labelsTr/ "

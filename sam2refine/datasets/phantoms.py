@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from sam2refine.errors import DatasetError
 from sam2refine.image.volume import Volume
-from sam2refine.io.segmentation import atomic_write
+from sam2refine.io.atomic import atomic_write
 
 # Names as TotalSegmentator uses them, so the phantom's labels match its prompt sources.
 PHANTOM_ORGANS: dict[str, int] = {

@@ -19,10 +19,10 @@ import torch
 
 from sam2refine.datasets.nnunet import DatasetCase, NnUNetDataset
 from sam2refine.errors import DatasetError
-from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
+from sam2refine.image.reading import load_volume
 from sam2refine.image.slicing import slice_stack
-from sam2refine.image.volume import load_volume
-from sam2refine.sam.transform import ModelTransform, model_transform
+from sam2refine.sam.transform import ModelTransform, model_transform, to_model_tensor
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from sam2refine.errors import CheckpointError
-from sam2refine.io.segmentation import atomic_write
+from sam2refine.finetune.config import EpochStats, FinetuneConfig
+from sam2refine.io.atomic import atomic_write
 from sam2refine.io.torch_files import load_weights_only
 
-if TYPE_CHECKING:
-    from sam2refine.finetune.train import EpochStats, FinetuneConfig, Trainer
+
+class Trainer(Protocol):
+    """What a checkpoint saves of a training run."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 _FORMAT = 1
 # Settings a checkpoint must share with the run that resumes it.
@@ -51,8 +57,6 @@ def save_training_state(path: Path, trainer: Trainer, config: FinetuneConfig, ep
 def load_training_state(path: Path, trainer: Trainer,
                         config: FinetuneConfig) -> tuple[int, list[EpochStats]]:
     """Restore a checkpoint into `trainer`; returns (first epoch to run, history so far)."""
-    from sam2refine.finetune.train import EpochStats
-
     state = load_weights_only(
         path, CheckpointError, what="a fine-tuning checkpoint",
         missing=f"--resume was given but {path} does not exist; start without --resume, or "

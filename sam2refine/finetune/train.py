@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from sam2refine.finetune.clip import ClipResult, enable_grad_checkpointing, run_clip
+from sam2refine.finetune.config import EpochStats, FinetuneConfig
 from sam2refine.finetune.data import ClipDataset
 from sam2refine.finetune.loss import mask_iou
 from sam2refine.finetune.prompt_simulation import PromptPlan, plan_prompts
@@ -34,46 +34,10 @@ from sam2refine.finetune.state import (
     trainable_state,
     write_history,
 )
+from sam2refine.runtime import autocast, autocast_dtype, start_distributed
 
 log = logging.getLogger(__name__)
 WARMUP_FRACTION = 0.05
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on (the CLI's options, with their defaults)."""
-
-    dataset: Path
-    out_dir: Path
-    model_name: str = "sam2.1_hiera_tiny"
-    checkpoint: Path | None = None
-    image_size: int = 512
-    clip_length: int = 8
-    epochs: int = 10
-    steps_per_epoch: int | None = None  # default: one pass over the training items
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    bottleneck: int = 16  # adapter width (memory-attention adapters get twice this)
-    train_decoder: bool = False
-    grad_checkpointing: bool = False
-    resume: bool = False
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.2
-    correction_rounds: int = 2
-    mask_only_prob: float = 0.25
-    intensity: str = "ct"
-    progress: bool = True
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    steps: int
-    train_loss: float
-    val_dice: float | None
-    seconds: float
-    losses: list[float] = field(default_factory=list)  # rank 0's loss of every step
 
 
 @dataclass
@@ -104,6 +68,9 @@ class Trainer:
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _warmup_cosine(max(total_steps, 1)))
+        # fp16 autocast (GPUs without bf16) needs loss scaling; bf16 and float32 do not.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=autocast_dtype(self.device) == torch.float16)
         self.module: torch.nn.Module = _ClipModule(self.model)
         if dist.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -116,13 +83,15 @@ class Trainer:
         plan = plan_prompts(generator, self.config.correction_rounds,
                             mask_only_prob=self.config.mask_only_prob)
         self.model.train()
-        with _autocast(self.device):
+        with autocast(self.device):
             total, focal, dice, iou, score, _ = self.module(
                 images.to(self.device), masks.to(self.device), plan, generator)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         return {"loss": float(total.detach()), "focal": float(focal), "dice": float(dice),
                 "iou": float(iou), "score": float(score)}
@@ -132,7 +101,7 @@ class Trainer:
         """(T, S, S) bool masks of a clip prompted by a jittered box on frame 0, then tracked."""
         self.model.eval()
         generator = torch.Generator().manual_seed(seed)
-        with _autocast(self.device):
+        with autocast(self.device):
             result: ClipResult = run_clip(self.model, images.to(self.device),
                                           masks.to(self.device), PromptPlan("box", ()), generator)
         return result.masks
@@ -169,15 +138,14 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune `config.model_name` on `config.dataset`; write checkpoints, history and
     the final adapters into `config.out_dir` (rank 0 only)."""
     from sam2refine.sam.adapters import count_parameters
-    from sam2refine.sam.model import build_model
-    from sam2refine.sam.weights import resolve_checkpoint
+    from sam2refine.sam.model import load_model, model_checkpoint
 
     train_set, val_set = _datasets(config)
-    checkpoint = resolve_checkpoint(config.model_name, config.checkpoint)
-    rank, world = _init_distributed()
-    device = _device(config.device)
+    run = start_distributed(config.device)
+    rank, world, device = run.rank, run.world_size, run.device
     steps = config.steps_per_epoch or math.ceil(len(train_set) / world)
-    model = build_model(config.model_name, config.image_size, checkpoint, device)
+    model = load_model(config.model_name, config.image_size, config.checkpoint, device)
+    checkpoint = model_checkpoint(model)
     trainer = Trainer(model, config, total_steps=steps * config.epochs)
     trained, total = count_parameters(trainer.model)
     out_dir = Path(config.out_dir)
@@ -266,31 +234,6 @@ def adapter_config(bottleneck: int):
     b = int(bottleneck)
     return AdapterConfig(encoder_bottleneck=b, neck_bottleneck=b, memory_bottleneck=2 * b,
                          decoder_bottleneck=b)
-
-
-def _init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _device(name: str) -> torch.device:
-    from sam2refine.sam.model import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and dist.is_initialized():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA only; CPU (and MPS) train in float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _warmup_cosine(total_steps: int):

@@ -7,11 +7,8 @@ place of a good one.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +16,12 @@ import numpy as np
 
 from sam2refine.errors import ExportError, VolumeError
 from sam2refine.image.volume import Volume
+from sam2refine.io.atomic import atomic_write, split_suffix
+from sam2refine.io.colors import default_color
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SUPPORTED_SUFFIXES = (SEG_NRRD_SUFFIX, *NIFTI_SUFFIXES)
-_COMPOUND_SUFFIXES = (SEG_NRRD_SUFFIX, ".nii.gz", ".labels.json")
 _GZIP_LEVEL = 6  # level 9 is ~2x slower on CT-sized labelmaps for ~20% smaller files
 _LABELMAP_REPRESENTATION = "Binary labelmap"
 FIELD_PREFIX = "SAM2Refine_"  # custom .seg.nrrd header fields written by this package
@@ -42,133 +40,6 @@ class SegmentInfo:
     label: int
     color: tuple[float, float, float]
     terminology: str | None = None
-
-
-# A fixed palette of distinguishable, not too saturated colours (RGB 0..255).
-# fmt: off
-_PALETTE_255: tuple[tuple[int, int, int], ...] = (
-    (128, 174, 128), (241, 214, 145), (216, 101, 79), (111, 184, 210), (230, 220, 70),
-    (183, 156, 220), (144, 238, 144), (255, 160, 60), (0, 151, 206), (250, 128, 180),
-    (150, 100, 60), (60, 180, 170), (200, 200, 235), (180, 40, 120), (120, 120, 230),
-    (220, 245, 20), (255, 250, 220), (90, 140, 60), (230, 158, 140), (100, 60, 160),
-)
-# fmt: on
-
-# Organ colours close to those Slicer's anatomy colour tables use, keyed by normalized name.
-_ORGAN_COLORS_255: dict[str, tuple[int, int, int]] = {
-    "liver": (221, 130, 101),
-    "spleen": (157, 108, 162),
-    "kidney": (185, 102, 83),
-    "aorta": (224, 97, 76),
-    "heart": (206, 110, 84),
-    "lung": (197, 165, 145),
-    "pancreas": (249, 180, 111),
-    "stomach": (216, 132, 105),
-    "gallbladder": (139, 150, 98),
-    "esophagus": (211, 171, 143),
-    "duodenum": (255, 253, 229),
-    "colon": (204, 168, 143),
-    "small intestine": (205, 167, 142),
-    "urinary bladder": (222, 154, 132),
-    "bladder": (222, 154, 132),
-    "adrenal gland": (249, 186, 150),
-    "prostate": (230, 158, 140),
-    "brain": (250, 250, 225),
-    "bone": (241, 214, 145),
-    "vertebra": (241, 213, 144),
-    "rib": (253, 232, 158),
-    "inferior vena cava": (0, 151, 206),
-    "portal vein": (0, 151, 206),
-    "vein": (0, 151, 206),
-    "artery": (216, 101, 79),
-    "trachea": (182, 228, 255),
-    "thyroid gland": (220, 200, 140),
-    "muscle": (192, 104, 88),
-    "fat": (230, 220, 70),
-    "skin": (177, 122, 101),
-    "tumor": (144, 238, 144),
-    "lesion": (144, 238, 144),
-}
-_SIDE_WORDS = frozenset({"left", "right", "l", "r"})
-
-
-def _rgb(color255: tuple[int, int, int]) -> tuple[float, float, float]:
-    return (color255[0] / 255.0, color255[1] / 255.0, color255[2] / 255.0)
-
-
-def default_color(index: int, name: str | None = None) -> tuple[float, float, float]:
-    """Colour (RGB in 0..1) for the ``index``-th segment, or the organ colour for a known name.
-
-    Names are matched ignoring case, ``_``/``-`` and side words, so "Kidney_left" gets the
-    kidney colour; unknown names fall back to a fixed 20-colour palette cycled by ``index``.
-    """
-    if name:
-        words = name.lower().replace("_", " ").replace("-", " ").split()
-        for candidate in (" ".join(words), " ".join(w for w in words if w not in _SIDE_WORDS)):
-            if candidate in _ORGAN_COLORS_255:
-                return _rgb(_ORGAN_COLORS_255[candidate])
-    return _rgb(_PALETTE_255[index % len(_PALETTE_255)])
-
-
-def _split_suffix(path: Path) -> tuple[str, str]:
-    """Split a file name into (base, suffix), treating ``.seg.nrrd``/``.nii.gz`` as one suffix."""
-    name = path.name
-    for suffix in _COMPOUND_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    return path.stem, path.suffix
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX only; Windows cannot open directories)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> Path:
-    """Write ``path`` via ``write_fn(temp_path)`` then rename it into place; returns ``path``.
-
-    The temporary file sits next to the destination and keeps its suffix (writers choose the
-    format from it). If anything fails the temporary file is removed, the exception propagates,
-    and an existing destination is left exactly as it was.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ExportError(f"Cannot write {path}: it is a directory; give a file name instead.")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"Cannot create the output folder {parent}: {exc}") from exc
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"Cannot write into {parent}: permission denied; choose another folder.")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ExportError(f"Cannot overwrite {path}: the file is read-only.")
-
-    base, suffix = _split_suffix(path)
-    tmp = parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
-    while tmp.exists():
-        tmp = parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
-    try:
-        write_fn(tmp)
-        if not tmp.is_file():
-            raise ExportError(f"Writing {path} failed: the writer produced no file.")
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # durable rename is best effort; the file is complete
-        _fsync_dir(parent)
-    return path
 
 
 def _smallest_unsigned_dtype(max_value: int) -> np.dtype:
@@ -214,7 +85,7 @@ def _validate_segments(segments: Sequence[SegmentInfo]) -> None:
         labels.add(int(seg.label))
 
 
-def _prepare_labelmap(labelmap: Volume, segments: Sequence[SegmentInfo] | None) -> np.ndarray:
+def prepare_labelmap(labelmap: Volume, segments: Sequence[SegmentInfo] | None) -> np.ndarray:
     """Validate the labelmap against the segments; return voxels in the smallest unsigned type."""
     voxels = np.asarray(labelmap.voxels)
     if voxels.ndim != 3:
@@ -287,7 +158,7 @@ def write_seg_nrrd(
     import slicerio
 
     path = Path(path)
-    voxels = _prepare_labelmap(labelmap, segments)
+    voxels = prepare_labelmap(labelmap, segments)
     extra = _check_fields(fields)
     for seg in segments:
         if not (seg.name.isascii() and (seg.terminology or "").isascii()):
@@ -338,7 +209,7 @@ def read_seg_nrrd_fields(path: Path) -> dict[str, str]:
 
 
 def _labels_sidecar_path(path: Path) -> Path:
-    base, _ = _split_suffix(path)
+    base, _ = split_suffix(path)
     return path.with_name(f"{base}.labels.json")
 
 
@@ -352,7 +223,7 @@ def write_nifti_labelmap(
     import SimpleITK as sitk
 
     path = Path(path)
-    voxels = _prepare_labelmap(labelmap, segments)
+    voxels = prepare_labelmap(labelmap, segments)
     _ijk_to_lps(labelmap)  # validates the geometry before anything is written
     image = labelmap.with_voxels(voxels).to_sitk()
 
@@ -446,3 +317,38 @@ def write_segmentation(
         f"Cannot write {path.name}: unsupported file type; use one of "
         f"{', '.join(SUPPORTED_SUFFIXES)}."
     )
+
+
+def read_segmentation(
+    path: str | Path,
+) -> tuple[Volume, list[SegmentInfo], dict[str, str]]:
+    """(labelmap Volume, segments, SAM2Refine_* fields) from a .seg.nrrd or a NIfTI labelmap
+    (names from its .labels.json sidecar when there is one)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(f"Segmentation file not found: {path}. Check the path.")
+    if path.name.lower().endswith(".seg.nrrd"):
+        labelmap, segments = read_seg_nrrd(path)
+        return labelmap, segments, read_seg_nrrd_fields(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeError(f"Cannot read {path}: give a .seg.nrrd or NIfTI labelmap.") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(f"{path} is not a 3D labelmap (size {image.GetSize()}).")
+    labelmap = Volume.from_sitk(image)
+    if not np.issubdtype(labelmap.voxels.dtype, np.integer):
+        raise VolumeError(f"{path} has {labelmap.voxels.dtype} voxels; a labelmap needs integers.")
+    sidecar = _labels_sidecar_path(path)
+    table = json.loads(sidecar.read_text("utf-8"))["labels"] if sidecar.is_file() else {}
+    values = sorted({int(v) for v in np.unique(labelmap.voxels) if v} | {int(k) for k in table})
+    segments = []
+    for index, value in enumerate(values):
+        entry = table.get(str(value), {})
+        name = entry.get("name") or f"Segment {value}"
+        color = entry.get("color") or default_color(index, name)
+        segments.append(SegmentInfo(name, value, tuple(float(c) for c in color),
+                                    entry.get("terminology")))
+    return labelmap, segments, {}

@@ -8,8 +8,8 @@ code comes from: "DICOM" codes appear in the DICOM standard's code tables (PS3.1
 checked by the tests against pydicom's copy of them); "TotalSegmentator" codes are taken from
 TotalSegmentator's published SNOMED mapping for the few structures DICOM has no code for.
 
-Names are matched ignoring case, ``_``/``-`` and side words, so "Kidney_left", "left kidney"
-and "kidney L" all give Kidney + Left. Individual ribs and S1 have no DICOM code: they get
+Names are matched by their organ key (`organ_names`), so "Kidney_left", "left kidney" and
+"kidney L" all give Kidney + Left. Individual ribs and S1 have no DICOM code: they get
 "Rib" (+ side) or "Vertebra", and the segment label keeps the number. Unknown names fall back
 to category and type SCT 85756007 "Tissue" (what 3D Slicer assigns to a new segment); the
 segment label then carries the meaning.
@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import csv
 import functools
-import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
+
+from sam2refine.io.organ_names import organ_key, organ_words, words_key
 
 if TYPE_CHECKING:
     from pydicom.sr.coding import Code
 
 SCT = "SCT"
+# The contexts Slicer files a DICOM-coded segment under in its terminology entries.
+SLICER_TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
+SLICER_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 LEFT = ("7771000", SCT, "Left")
 RIGHT = ("24028007", SCT, "Right")
-_SIDES = {"left": LEFT, "l": LEFT, "lt": LEFT, "right": RIGHT, "r": RIGHT, "rt": RIGHT}
+_SIDES = {"left": LEFT, "right": RIGHT}
 
 
 @dataclass(frozen=True)
@@ -80,14 +84,9 @@ class _Entry:
     source: str
 
 
-def normalize(name: str) -> str:
-    """Lower-case words separated by single spaces: "Kidney_Left" -> "kidney left"."""
-    return " ".join(re.sub(r"[\s_\-/.,;:()\[\]]+", " ", name.lower()).split())
-
-
 @functools.lru_cache(maxsize=1)
 def load_table() -> dict[str, _Entry]:
-    """The terminology table keyed by normalised name and aliases."""
+    """The terminology table keyed by the organ keys of its names and aliases."""
     text = resources.files("sam2refine").joinpath("data/terminology.csv").read_text("utf-8")
     table: dict[str, _Entry] = {}
     for row in csv.DictReader(text.splitlines()):
@@ -101,7 +100,7 @@ def load_table() -> dict[str, _Entry]:
             source=row["source"],
         )
         for key in [row["name"], *filter(None, row["aliases"].split("|"))]:
-            table.setdefault(normalize(key), entry)
+            table.setdefault(organ_key(key), entry)
     return table
 
 
@@ -122,23 +121,20 @@ def _codes(entry: _Entry, side: tuple[str, str, str] | None) -> SegmentCodes:
 def lookup(name: str) -> SegmentCodes:
     """Codes for a segment name; the generic "Tissue" codes when the name is not known."""
     table = load_table()
-    words = normalize(name).split()
+    words, side = organ_words(name)
     if not words:
         return SegmentCodes(GENERIC_CATEGORY, GENERIC_TYPE)
-    full = " ".join(words)
+    full = words_key(words, side)
     if full in table:  # e.g. "lung middle lobe right", "heart atrium left"
         return _codes(table[full], None)
-    sides = {_SIDES[w] for w in words if w in _SIDES}
-    side = next(iter(sides)) if len(sides) == 1 else None
-    rest = [w for w in words if w not in _SIDES]
-    candidates = [rest]
-    while rest and rest[-1].isdigit():  # "rib left 7" -> "rib"; the number stays in the label
-        rest = rest[:-1]
-        candidates.append(rest)
+    candidates = [words]
+    while words and words[-1].isdigit():  # "rib left 7" -> "rib"; the number stays in the label
+        words = words[:-1]
+        candidates.append(words)
     for candidate in candidates:
-        key = " ".join(candidate)
+        key = words_key(candidate, None)
         if key in table:
-            return _codes(table[key], side)
+            return _codes(table[key], _SIDES.get(side or ""))
     return SegmentCodes(GENERIC_CATEGORY, GENERIC_TYPE)
 
 
@@ -183,3 +179,18 @@ def codes_for_segment(name: str, terminology: str | None = None) -> SegmentCodes
     if chosen is not None and (chosen.category, chosen.type) != (GENERIC_CATEGORY, GENERIC_TYPE):
         return chosen
     return lookup(name)
+
+
+def slicer_terminology(name: str) -> str | None:
+    """The 3D Slicer terminology entry (seven '~'-separated fields) for a structure name, with
+    the codes a DICOM-SEG export uses; None for names the table does not know."""
+    codes = lookup(name)
+    if codes.is_generic:
+        return None
+
+    def field(term: Term | None) -> str:
+        return "^^" if term is None else f"{term.scheme}^{term.value}^{term.meaning}"
+
+    return "~".join([SLICER_TYPE_CONTEXT, field(codes.category), field(codes.type),
+                     field(codes.type_modifier), SLICER_ANATOMIC_CONTEXT, field(codes.region),
+                     field(codes.region_modifier)])

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from sam2refine.errors import DatasetError
 from sam2refine.image.slicing import slice_stack
 from sam2refine.image.volume import Volume
-from sam2refine.io.segmentation import atomic_write
+from sam2refine.io.atomic import atomic_write
 from sam2refine.promptgen.generator import PromptGenConfig, prepare_frames, resize_frames
 
 

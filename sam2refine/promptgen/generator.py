@@ -14,7 +14,6 @@ tagged with `CHECKPOINT_KIND` so that a SAM 2 checkpoint or any other file is re
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,9 @@ from sam2refine.errors import PromptGeneratorError, SAM2RefineError
 from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
 from sam2refine.image.slicing import SliceStack, slice_stack
 from sam2refine.image.volume import Volume
+from sam2refine.io.organ_names import organ_key
 from sam2refine.io.torch_files import load_weights_only
+from sam2refine.runtime import autocast, resolve_device
 
 log = logging.getLogger("sam2refine")
 
@@ -156,14 +157,6 @@ def with_context(frames: torch.Tensor, indices: torch.Tensor, context: int) -> t
     return frames[rows]
 
 
-def autocast(device: torch.device):
-    """bf16 (or fp16 where bf16 is missing) autocast on CUDA; a no-op elsewhere."""
-    if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def class_probabilities(net: torch.nn.Module, frames: np.ndarray, config: PromptGenConfig,
                         device: torch.device, chunk: int = 32, sw_batch_size: int = 16,
                         progress: Progress | None = None
@@ -244,19 +237,14 @@ def keep_large_components(mask: np.ndarray, spacing: Sequence[float],
 
 def check_labels(generator: PromptGenerator, wanted_names: Sequence[str]) -> None:
     """A `PromptGeneratorError` naming every wanted organ the generator was not trained for."""
-    known = {normalize_name(n) for n in generator.labels}
-    missing = [n for n in wanted_names if normalize_name(n) not in known]
+    known = {organ_key(n) for n in generator.labels}
+    missing = [n for n in wanted_names if organ_key(n) not in known]
     if missing:
         raise PromptGeneratorError(
             f"The prompt generator {generator.source} was trained for other labels: it has no "
             f"{', '.join(repr(m) for m in missing)} (it knows: {', '.join(generator.labels)}). "
             "Train one on a dataset with these organs, or ask for organs it knows."
         )
-
-
-def normalize_name(name: str) -> str:
-    """The key organ names are matched by: lower case, no spaces, '_', '-' or '.'."""
-    return re.sub(r"[\s_\-.]+", "", str(name).lower())
 
 
 class PromptGenerator:
@@ -282,7 +270,7 @@ class PromptGenerator:
                 f"{path} does not match the U-Net its settings describe ({exc}); the file is "
                 "damaged or was edited. Use the checkpoint training wrote."
             ) from exc
-        return cls(net, config, pick_device(device), source=Path(path).name)
+        return cls(net, config, resolve_device(device), source=Path(path).name)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -315,22 +303,10 @@ class PromptGenerator:
         return Proposals(volume=volume, organs=organs)
 
 
-def pick_device(device: str | torch.device) -> torch.device:
-    """'auto' -> CUDA, MPS or CPU (a small U-Net runs acceptably on a CPU); else as given."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps and mps.is_available() else "cpu")
-    from sam2refine.sam.model import resolve_device
-
-    return resolve_device(device)
-
-
 # ----- checkpoints ---------------------------------------------------------------------------
 def write_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write a checkpoint atomically (a crash never leaves half a file behind)."""
-    from sam2refine.io.segmentation import atomic_write
+    from sam2refine.io.atomic import atomic_write
 
     return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 

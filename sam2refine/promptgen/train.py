@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sam2refine.errors import DatasetError, PromptGeneratorError
@@ -38,13 +36,12 @@ from sam2refine.promptgen.generator import (
     CHECKPOINT_KIND,
     FORMAT_VERSION,
     PromptGenConfig,
-    autocast,
     build_unet,
     class_probabilities,
-    pick_device,
     read_checkpoint,
     write_checkpoint,
 )
+from sam2refine.runtime import autocast, autocast_dtype, start_distributed, stop_distributed
 
 log = logging.getLogger("sam2refine")
 GRAD_CLIP = 12.0  # as nnU-Net: keeps early Dice-loss spikes from wrecking the weights
@@ -88,28 +85,11 @@ class TrainResult:
 
 def train_prompt_generator(settings: TrainSettings) -> TrainResult:
     """Train (or resume training) a prompt generator; see the module docstring."""
-    rank, world, device, started = _start_distributed(settings.device)
+    run = start_distributed(settings.device)
     try:
-        return _Trainer(settings, rank, world, device).run()
+        return _Trainer(settings, run.rank, run.world_size, run.device).run()
     finally:
-        if started:
-            dist.destroy_process_group()
-
-
-def _start_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether we started the process group) from torchrun's env."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, pick_device(device_name), False
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device, started
+        stop_distributed(run)
 
 
 class _Trainer:
@@ -147,7 +127,7 @@ class _Trainer:
         torch.manual_seed(self.seed)
         net = build_unet(config).to(self.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=1e-4)
-        amp_fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        amp_fp16 = autocast_dtype(self.device) == torch.float16
         scaler = torch.amp.GradScaler("cuda") if amp_fp16 else None
         start, history, best = 0, [], -1.0
         if self.state:
@@ -321,7 +301,7 @@ def _log_epoch(record: dict) -> None:
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    from sam2refine.io.segmentation import atomic_write
+    from sam2refine.io.atomic import atomic_write
 
     text = json.dumps(history, indent=1)
     atomic_write(path, lambda tmp: tmp.write_text(text, "utf-8"))

@@ -14,6 +14,7 @@ so Slicer's remote mode runs the same code against a server on this or another m
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -173,15 +174,16 @@ class RemoteSession:
 
     # ----- prompts -------------------------------------------------------------------------
     def add_points(self, obj: int | str, points: Iterable[Iterable[float]],
-                   labels: Iterable[int], coords: str = "ijk") -> SliceResult:
-        """Add positive (1) / negative (0) clicks, all on one slice, in voxel or mm coordinates."""
+                   labels: Iterable[int], coords: str = "ijk") -> list[SliceResult]:
+        """Add positive (1) / negative (0) clicks in voxel, mm or slice coordinates; one
+        result per slice they fall on."""
         body = {"obj": _ref(obj), "points": [_triple(p) for p in points],
                 "labels": [int(v) for v in labels], "coords": coords}
-        return slice_result_from_json(self._post("add_points", body))
+        return [slice_result_from_json(r) for r in self._post("add_points", body)["results"]]
 
     def set_box(self, obj: int | str, corner_a: Iterable[float], corner_b: Iterable[float],
                 coords: str = "ijk", frame: int | None = None) -> SliceResult:
-        """Set the box on one slice from two opposite corners (voxel centres or mm)."""
+        """Set the box on one slice from two opposite corners (voxel centres, mm or slice)."""
         body = {"obj": _ref(obj), "corner_a": _triple(corner_a), "corner_b": _triple(corner_b),
                 "coords": coords, "frame": None if frame is None else int(frame)}
         return slice_result_from_json(self._post("set_box", body))
@@ -208,7 +210,7 @@ class RemoteSession:
     # ----- propagation ---------------------------------------------------------------------
     def propagate(self, objects: Iterable[int | str] | None = None,
                   frame_range: tuple[int, int] | None = None, progress: Progress | None = None,
-                  cancel: threading.Event | None = None, poll_s: float = 0.25) -> int:
+                  cancel: threading.Event | None = None, *, poll_s: float = 0.25) -> int:
         """Run propagation on the server and wait for it; returns the slices run.
 
         `progress(done, total)` is called as the server reports slices; setting `cancel`
@@ -265,9 +267,14 @@ def _ref(obj: int | str) -> int | str:
 
 
 def _triple(point: Iterable[float]) -> list[float]:
+    """A position as JSON can carry it; non-numbers are refused here as the session would."""
     try:
-        return [float(v) for v in point]
+        values = [float(v) for v in point]
     except (TypeError, ValueError) as exc:
         raise PromptError(
             f"Give positions as [x, y, z] numbers (voxel i, j, k or mm); got {point!r}."
         ) from exc
+    if not all(math.isfinite(v) for v in values):
+        raise PromptError(f"Prompt point {values} has a coordinate that is not a finite number "
+                          "(NaN or infinity); give numbers on the image.")
+    return values

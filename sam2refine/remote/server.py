@@ -161,8 +161,9 @@ def create_app(
         session = engine.get(sid).session
         if any(len(p) != 3 for p in body.points):
             raise PromptError("Give each click as one [x, y, z] triple (voxel i, j, k or mm).")
-        return await engine.run(lambda: slice_result_to_json(
-            session.add_points(body.obj, body.points, body.labels, body.coords)))
+        results = await engine.run(
+            lambda: session.add_points(body.obj, body.points, body.labels, body.coords))
+        return {"results": [slice_result_to_json(r) for r in results]}
 
     @api.post("/sessions/{sid}/set_box")
     async def set_box(sid: str, body: BoxBody) -> dict:
@@ -289,17 +290,14 @@ def serve(
     adapters: str | Path | None = None,
 ) -> None:
     """Build the model (with fine-tuned `adapters` if given) and serve it until interrupted."""
-    from sam2refine.sam.model import build_model, resolve_device
-    from sam2refine.sam.weights import resolve_checkpoint
+    from sam2refine.sam.model import load_model
 
     token = token or None
     check_bind(host, token)
     sock = listen(host, port)  # fail fast, before minutes of model loading
     try:
-        device_obj = resolve_device(device)
-        model = build_model(model_name, image_size,
-                            resolve_checkpoint(model_name, checkpoint), device_obj,
-                            adapters=adapters)
+        model = load_model(model_name, image_size, checkpoint, device, adapters=adapters)
+        device_obj = next(model.parameters()).device
         app = create_app(model, token=token, max_upload_bytes=max_upload_bytes,
                          idle_timeout_s=idle_timeout_s)
     except BaseException:

@@ -32,7 +32,7 @@ from sam2refine.errors import (
 from sam2refine.image.volume import Volume
 from sam2refine.sam.results import ObjectInfo, SliceResult
 
-API_VERSION = 1
+API_VERSION = 2
 MASK_ENCODING = "packbits+zlib+base64"
 _VOLUME_MEMBERS = ("voxels", "spacing", "origin", "direction")
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sam2refine.errors import AdapterError
+from sam2refine.io.atomic import atomic_write
 from sam2refine.sam.adapters import (
     MERGED_ATTR,
     TRAINED_DECODER_ATTR,
@@ -29,6 +30,7 @@ from sam2refine.sam.adapters import (
     expected_adapter_shapes,
     named_adapters,
 )
+from sam2refine.sam.checkpoints import guess_model_name
 
 FORMAT = "sam2refine-adapters"
 FORMAT_VERSION = 1
@@ -65,8 +67,6 @@ def save_adapters(
     """
     from safetensors.torch import save_file
 
-    from sam2refine.io.segmentation import atomic_write
-
     config = adapter_config(model)
     if config is None:
         raise AdapterError("The model has no adapters to save; call add_adapters first.")
@@ -84,7 +84,23 @@ def save_adapters(
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), info.metadata()))
 
 
-def read_adapter_file(path: str | Path) -> tuple[AdapterFileInfo, dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file read once: what it says about itself and its tensors."""
+
+    path: Path
+    info: AdapterFileInfo
+    tensors: dict[str, torch.Tensor]
+
+    def check_base(self, model_name: str, base_checkpoint_sha256: str | None,
+                   image_size: int) -> AdapterFileInfo:
+        """Refuse a file made for another base model, checkpoint or image size."""
+        _check_base(self.path, self.info, model_name, _normalise_sha(base_checkpoint_sha256),
+                    image_size)
+        return self.info
+
+
+def read_adapter_file(path: str | Path) -> AdapterFile:
     """Metadata and tensors of an adapter file; anything unreadable is an AdapterError."""
     from safetensors import SafetensorError, safe_open
 
@@ -98,17 +114,7 @@ def read_adapter_file(path: str | Path) -> tuple[AdapterFileInfo, dict[str, torc
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise AdapterError(f"Adapter file {path} could not be read ({exc}); it is corrupt, "
                            "truncated or not a safetensors file. Copy it again.") from exc
-    return _parse_metadata(path, meta), tensors
-
-
-def check_adapter_file(
-    path: str | Path, *, base_model_name: str, base_checkpoint_sha256: str | None,
-    image_size: int,
-) -> AdapterFileInfo:
-    """Refuse a damaged file or one made for another base, before any model is built."""
-    info, _ = read_adapter_file(path)
-    _check_base(path, info, base_model_name, _normalise_sha(base_checkpoint_sha256), image_size)
-    return info
+    return AdapterFile(path, _parse_metadata(path, meta), tensors)
 
 
 def load_adapters(
@@ -121,9 +127,16 @@ def load_adapters(
     it has random weights). Every mismatch is an AdapterError naming what differs; the model
     is only changed once everything matches.
     """
-    info, tensors = read_adapter_file(path)
-    _check_base(path, info, base_model_name, _normalise_sha(base_checkpoint_sha256), image_size)
+    adapter_file = read_adapter_file(path)
+    adapter_file.check_base(base_model_name, base_checkpoint_sha256, image_size)
     _check_model(model, base_model_name, image_size)
+    return attach_adapters(model, adapter_file)
+
+
+def attach_adapters(model: nn.Module, adapter_file: AdapterFile) -> AdapterFileInfo:
+    """Attach an adapter file whose base was checked (`AdapterFile.check_base`) to `model`."""
+    info, path, tensors = adapter_file.info, adapter_file.path, adapter_file.tensors
+    _check_model(model, info.base_model_name, info.image_size)
     if merged_adapters(model):
         raise AdapterError("This model's adapters were merged into its weights; load adapter "
                            "files onto a freshly built model.")
@@ -233,8 +246,6 @@ def _check_base(path: str | Path, info: AdapterFileInfo, model_name: str, sha: s
 
 def _check_model(model: nn.Module, model_name: str, image_size: int) -> None:
     """The model in hand must really be `model_name` at `image_size`."""
-    from sam2refine.sam.model import guess_model_name
-
     actual = guess_model_name(model.state_dict())
     if actual is not None and actual != model_name:
         raise AdapterError(f"The model is a {actual}, not {model_name}.")

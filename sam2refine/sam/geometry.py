@@ -1,4 +1,5 @@
-"""Turn prompt coordinates (voxel indices or patient mm) into slice-stack positions, checked."""
+"""Turn prompt coordinates (voxel indices, patient mm, or slice positions) into slice-stack
+positions, checked against the volume."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from sam2refine.errors import PromptError
 from sam2refine.image.slicing import SliceStack
 from sam2refine.image.volume import Volume
 
-COORDINATE_SYSTEMS = ("ijk", "lps", "ras")
+# "slice": (frame, row, col) on the session's slice stack, what a viewer or a stage already has.
+COORDINATE_SYSTEMS = ("ijk", "lps", "ras", "slice")
 
 
 class PromptGeometry:
@@ -22,11 +24,9 @@ class PromptGeometry:
 
     def to_ijk(self, points: Iterable[Iterable[float]], coords: str) -> np.ndarray:
         """(n, 3) continuous voxel indices; every point must lie inside the volume."""
-        pts = np.asarray(list(points), dtype=np.float64)
-        if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-            raise PromptError(
-                "Give points as a list of [x, y, z] triples (voxel i, j, k or mm), at least one."
-            )
+        if coords == "slice":
+            return self.stack.frc_to_ijk(self.to_frc(points, coords))
+        pts = _as_points(points)
         if coords == "ijk":
             ijk = pts
         elif coords == "lps":
@@ -37,30 +37,33 @@ class PromptGeometry:
             raise PromptError(
                 f"Unknown coordinate system '{coords}'; use one of {COORDINATE_SYSTEMS}."
             )
-        size = np.array(self.volume.shape_ijk, dtype=np.float64)
-        outside = np.any((ijk < -0.5) | (ijk > size - 0.5), axis=1)
-        if outside.any():
-            bad = pts[np.argmax(outside)]
-            raise PromptError(
-                f"Prompt point {bad.tolist()} ({coords}) lies outside the volume "
-                f"(voxel grid {tuple(int(s) for s in size)}). Place it on the image."
-            )
+        shape = self.volume.shape_ijk
+        _check_inside(ijk, shape, pts, coords, f"voxel grid {tuple(int(v) for v in shape)}")
         return ijk
+
+    def to_frc(self, points: Iterable[Iterable[float]], coords: str) -> np.ndarray:
+        """(n, 3) continuous (frame, row, col) positions; every point must lie inside."""
+        if coords != "slice":
+            return self.stack.ijk_to_frc(self.to_ijk(points, coords))
+        frc = _as_points(points)
+        s = self.stack
+        _check_inside(frc, (s.num_frames, s.height, s.width), frc, coords,
+                      f"{s.num_frames} slices of {s.height} x {s.width} pixels")
+        return frc
 
     def points(
         self, points: Iterable[Iterable[float]], coords: str
-    ) -> tuple[int, np.ndarray]:
-        """Frame of a group of clicks (all on one slice) and their (row, col) pixel positions."""
-        frc = self.stack.ijk_to_frc(self.to_ijk(points, coords))
-        frames = np.unique(np.rint(frc[:, 0]).astype(int))
-        if len(frames) != 1:
-            raise PromptError(
-                f"Clicks given together must lie on one slice; these fall on slices "
-                f"{frames.tolist()} along the {self.stack.axis} axis. Send one call per slice."
-            )
-        frame = int(frames[0])
-        self.check_frame(frame)
-        return frame, self._clamp_rc(frc[:, 1:])
+    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Clicks grouped by the slice they fall on, in slice order: (frame, their (row, col)
+        pixel positions, their indices in `points`)."""
+        frc = self.to_frc(points, coords)
+        frames = np.rint(frc[:, 0]).astype(int)
+        groups = []
+        for frame in np.unique(frames):
+            self.check_frame(int(frame))
+            index = np.flatnonzero(frames == frame)
+            groups.append((int(frame), self._clamp_rc(frc[index, 1:]), index))
+        return groups
 
     def box(
         self,
@@ -70,7 +73,7 @@ class PromptGeometry:
         frame: int | None,
     ) -> tuple[int, tuple[int, int, int, int]]:
         """Frame and inclusive (r0, c0, r1, c1) of a box given by two opposite corners."""
-        frc = self.stack.ijk_to_frc(self.to_ijk([list(corner_a), list(corner_b)], coords))
+        frc = self.to_frc([list(corner_a), list(corner_b)], coords)
         if frame is None:
             frames = np.unique(np.rint(frc[:, 0]).astype(int))
             if len(frames) != 1:
@@ -113,3 +116,34 @@ class PromptGeometry:
     def _clamp_rc(self, rc: np.ndarray) -> np.ndarray:
         limits = np.array([self.stack.height - 1, self.stack.width - 1], dtype=np.float64)
         return np.clip(rc, 0.0, limits)
+
+
+def _as_points(points: Iterable[Iterable[float]]) -> np.ndarray:
+    """(n, 3) finite float coordinates, or a PromptError saying what is wrong."""
+    try:
+        pts = np.asarray([list(p) for p in points], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(
+            "Give points as a list of [x, y, z] triples of numbers (voxel i, j, k, mm, or "
+            f"slice, row, column), at least one; got {exc}."
+        ) from exc
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
+        raise PromptError(
+            "Give points as a list of [x, y, z] triples (voxel i, j, k or mm), at least one."
+        )
+    if not np.isfinite(pts).all():
+        bad = pts[~np.isfinite(pts).all(axis=1)][0]
+        raise PromptError(f"Prompt point {bad.tolist()} has a coordinate that is not a finite "
+                          "number (NaN or infinity); give numbers on the image.")
+    return pts
+
+
+def _check_inside(positions: np.ndarray, size: Iterable[int], given: np.ndarray, coords: str,
+                  grid: str) -> None:
+    limits = np.asarray(list(size), dtype=np.float64)
+    outside = np.any((positions < -0.5) | (positions > limits - 0.5), axis=1)
+    if outside.any():
+        raise PromptError(
+            f"Prompt point {given[np.argmax(outside)].tolist()} ({coords}) lies outside the "
+            f"volume ({grid}). Place it on the image."
+        )

@@ -26,10 +26,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from sam2refine.errors import PromptError
-from sam2refine.image.volume import load_label_volume
+from sam2refine.image.labels import load_label_volume
 from sam2refine.sam.session import Session
 
 
@@ -112,8 +110,8 @@ def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
         ids.append(obj)
         for a, b, frame in seg.boxes:
             session.set_box(obj, a, b, seg.coordinates, frame)
-        for frame_points in _group_by_slice(session, seg).values():
-            session.add_points(obj, [p for p, _ in frame_points], [v for _, v in frame_points],
+        if seg.points:
+            session.add_points(obj, [p for p, _ in seg.points], [v for _, v in seg.points],
                                seg.coordinates)
         for spec in seg.masks:
             _apply_mask(session, obj, spec, prompts.base_dir)
@@ -128,15 +126,6 @@ def propagation_groups(ids: list[int], prompts: PromptsFile
     for obj, seg in zip(ids, prompts.segments):
         groups.setdefault(seg.frame_range or prompts.frame_range, []).append(obj)
     return [(objs, rng) for rng, objs in groups.items()]
-
-
-def _group_by_slice(session: Session, seg: SegmentPrompts) -> dict[int, list]:
-    groups: dict[int, list] = {}
-    for position, value in seg.points:
-        ijk = session.geometry.to_ijk([position], seg.coordinates)
-        frame = int(np.rint(session.stack.ijk_to_frc(ijk)[0, 0]))
-        groups.setdefault(frame, []).append((position, value))
-    return groups
 
 
 def _apply_mask(session: Session, obj: int, spec: dict, base_dir: Path) -> None:

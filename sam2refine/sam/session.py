@@ -15,45 +15,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from sam2refine.errors import CancelledError, PromptError, SAM2RefineError
-from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
 from sam2refine.image.slicing import slice_stack
 from sam2refine.image.volume import Volume
+from sam2refine.runtime import inference_context
 from sam2refine.sam.features import FeatureCache, SliceFeatures
 from sam2refine.sam.geometry import PromptGeometry
-from sam2refine.sam.model import inference_context
+from sam2refine.sam.objects import SegmentObject, plan_propagation
 from sam2refine.sam.prompting import MASK_MODES, FramePrompts, decoder_inputs
 from sam2refine.sam.results import ObjectInfo, SliceResult
-from sam2refine.sam.transform import model_transform
+from sam2refine.sam.transform import model_transform, to_model_tensor
 
 Progress = Callable[[int, int], None]
-_EXACT_LOGIT = 10.0  # what SAM 2 itself gives a mask used as output (sigmoid scale 20, bias -10)
-
-
-@dataclass
-class SegmentObject:
-    """One object (segment) and its SAM 2 state."""
-
-    obj_id: int  # label value in the output label volume
-    name: str
-    locked: bool = False
-    prompts: dict[int, FramePrompts] = field(default_factory=dict)
-    cond: dict[int, dict] = field(default_factory=dict)  # SAM 2 outputs on prompted frames
-    tracked: dict[int, dict] = field(default_factory=dict)  # outputs on propagated frames
-    reverse: dict[int, bool] = field(default_factory=dict)  # direction each frame was tracked
-    stale: set[int] = field(default_factory=set)  # frames propagate() must (re)compute
-
-    def output(self, frame: int) -> dict | None:
-        return self.cond.get(frame) or self.tracked.get(frame)
-
-    def memory(self, exclude: int | None = None) -> dict[str, dict[int, dict]]:
-        cond = {f: o for f, o in self.cond.items() if f != exclude}
-        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": self.tracked}
+_EXACT_LOGIT = 10.0 # what SAM 2 itself gives a mask used as output (sigmoid scale 20, bias -10
 
 
 class Session:
@@ -130,17 +110,25 @@ class Session:
         points: Iterable[Iterable[float]],
         labels: Iterable[int],
         coords: str = "ijk",
-    ) -> SliceResult:
-        """Add positive (1) / negative (0) clicks, all on one slice, in voxel or mm coordinates."""
+    ) -> list[SliceResult]:
+        """Add positive (1) / negative (0) clicks in voxel, mm or slice coordinates; each slice
+        they fall on is prompted once, and answers with its mask (in slice order)."""
         o = self._editable(obj)
-        frame, rc = self.geometry.points(points, coords)
-        labels = [int(v) for v in labels]
-        if len(labels) != len(rc) or any(v not in (0, 1) for v in labels):
+        groups = self.geometry.points(points, coords)
+        try:
+            labels = [int(v) for v in labels]
+        except (TypeError, ValueError) as exc:
+            raise PromptError("Give one label per point: 1 (include) or 0 (exclude).") from exc
+        if len(labels) != sum(len(index) for _, _, index in groups) or any(
+                v not in (0, 1) for v in labels):
             raise PromptError("Give one label per point: 1 (include) or 0 (exclude).")
-        prompts = self._prompts_for(o, frame)
-        prompts.mask = None
-        prompts.points += [(float(r), float(c), v) for (r, c), v in zip(rc, labels)]
-        return self._run_prompt(o, frame, prompts)
+        results = []
+        for frame, rc, index in groups:
+            prompts = self._prompts_for(o, frame)
+            prompts.mask = None
+            prompts.points += [(float(r), float(c), labels[i]) for (r, c), i in zip(rc, index)]
+            results.append(self._run_prompt(o, frame, prompts))
+        return results
 
     def set_box(
         self,
@@ -150,9 +138,9 @@ class Session:
         coords: str = "ijk",
         frame: int | None = None,
     ) -> SliceResult:
-        """Set the box on one slice from two opposite corners (voxel centres or mm).
-
-        Corners on different slices (e.g. a 3D ROI) need `frame` to say which slice to use.
+        """Set the box on one slice from two opposite corners (voxel centres, mm, or slice
+        positions with coords="slice"). Corners on different slices (e.g. a 3D ROI) need
+        `frame` to say which slice to use.
         """
         o = self._editable(obj)
         frame, box = self.geometry.box(corner_a, corner_b, coords, frame)
@@ -230,7 +218,7 @@ class Session:
         picked = self.objects.values() if objects is None else [self.object(o) for o in objects]
         chosen = list({o.obj_id: o for o in picked if o.cond and not o.locked}.values())
         lo, hi = self.geometry.frame_range(frame_range)
-        plan = _plan(chosen, lo, hi)
+        plan = plan_propagation(chosen, lo, hi)
         total, done = sum(len(objs) for _, _, objs in plan), 0
         with inference_context(self.device):
             for frame, reverse, objs in plan:
@@ -383,21 +371,6 @@ class Session:
         winner = rank.argmax(0)
         ids = torch.tensor([i for i, _ in present])
         return torch.where(inside.any(0), ids[winner], 0).cpu().numpy()
-
-
-def _plan(objs: list[SegmentObject], lo: int, hi: int) -> list[tuple[int, bool, list]]:
-    """(frame, reverse, objects) in execution order: forward frames ascending, then backward
-    frames descending, so every frame's memory neighbours are computed before it."""
-    forward: dict[int, list[SegmentObject]] = {}
-    backward: dict[int, list[SegmentObject]] = {}
-    for o in objs:
-        last = max(o.cond)
-        for f in o.stale:
-            if lo <= f <= hi and f not in o.cond:
-                (forward if f > last else backward).setdefault(f, []).append(o)
-    return [(f, False, forward[f]) for f in sorted(forward)] + [
-        (f, True, backward[f]) for f in sorted(backward, reverse=True)
-    ]
 
 
 def check_model(model: torch.nn.Module) -> None:

@@ -11,6 +11,10 @@ from numpy.typing import ArrayLike
 
 from sam2refine.image.slicing import SliceStack
 
+# The mean / std SAM 2 normalises its (0..1) RGB input with.
+SAM2_MEAN = (0.485, 0.456, 0.406)
+SAM2_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class ModelTransform:
@@ -132,3 +136,24 @@ def model_transform(stack: SliceStack, image_size: int) -> ModelTransform:
         scale_row=scaled_h / height,
         scale_col=scaled_w / width,
     )
+
+
+def to_model_tensor(frames_unit: np.ndarray, transform: ModelTransform) -> torch.Tensor:
+    """(N, H, W) frames in [0, 1] -> (N, 3, S, S) float32 SAM 2 input.
+
+    Grey values go to 3 identical channels, normalised with SAM 2's mean/std; the padding
+    holds what intensity 0 normalises to, so it looks black like the darkest tissue/air.
+    Only the output and one resized channel are allocated, so a single slice (N=1) is cheap.
+    """
+    frames_unit = np.asarray(frames_unit)
+    if frames_unit.ndim != 3:
+        raise ValueError(f"Expected frames of shape (N, H, W); got {frames_unit.shape}.")
+    grey = torch.from_numpy(np.ascontiguousarray(frames_unit, dtype=np.float32))
+    content = transform.resize_to_content(grey.unsqueeze(1))[:, 0]  # (N, h, w)
+    size, h, w = transform.image_size, transform.scaled_height, transform.scaled_width
+    out = torch.empty((grey.shape[0], 3, size, size), dtype=torch.float32)
+    for channel, (mean, std) in enumerate(zip(SAM2_MEAN, SAM2_STD)):
+        plane = out[:, channel]
+        plane.fill_((0.0 - mean) / std)
+        plane[:, :h, :w].copy_(content).sub_(mean).div_(std)
+    return out

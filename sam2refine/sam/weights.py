@@ -105,6 +105,31 @@ def cache_dir() -> Path:
     return Path(base) / "sam2refine"
 
 
+@dataclass(frozen=True)
+class CachedWeights:
+    """One catalogue entry, where its file lives in the cache and whether it is there."""
+
+    entry: WeightsEntry
+    path: Path
+    cached: bool
+
+
+def weights_catalogue() -> list[CachedWeights]:
+    """Every official checkpoint with its cache status (what a model chooser lists)."""
+    rows = []
+    for _, entry in sorted(load_catalogue().items()):
+        path = cached_path(entry)
+        rows.append(CachedWeights(entry, path, path.is_file()))
+    return rows
+
+
+def download_weights(name: str, on_progress: ProgressCallback | None = None,
+                     cancel: threading.Event | None = None) -> Path:
+    """Download and verify the official `name` weights into the cache; returns their path."""
+    return download(get_entry(name), cache_dir(), progress=on_progress is None, cancel=cancel,
+                    on_progress=on_progress)
+
+
 def cached_path(entry: WeightsEntry) -> Path:
     """Where `entry`'s weights live in the cache (whether or not they are there yet)."""
     return cache_dir() / entry.filename

@@ -14,15 +14,13 @@ from sam2refine.auto.sources import LabelFilePromptSource
 from sam2refine.auto.stages import RefineSettings
 from sam2refine.cli.main import main
 from sam2refine.errors import PromptError, SAM2RefineError
+from sam2refine.image.reading import load_volume
 from sam2refine.image.slicing import slice_stack
-from sam2refine.image.volume import load_volume
 from sam2refine.io.segmentation import read_seg_nrrd, read_seg_nrrd_fields
 from sam2refine.sam.session import Session
 from tests.conftest import TEST_IMAGE_SIZE, make_phantom
 
 pytestmark = pytest.mark.slow
-
-
 def write(volume, path):
     sitk.WriteImage(volume.to_sitk(), str(path))
     return path

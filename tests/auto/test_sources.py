@@ -12,8 +12,8 @@ from sam2refine.auto.sources import (
     LabelFilePromptSource,
     PromptSource,
     match_organs,
-    normalize_name,
     open_prompt_source,
+    organ_key,
     read_label_names,
 )
 from sam2refine.errors import PromptGeneratorError
@@ -54,7 +54,7 @@ def test_label_names_from_the_known_file_formats(tmp_path):
 
 
 def test_names_match_ignoring_case_and_separators():
-    assert normalize_name("Kidney Left") == normalize_name("kidney_left") == "kidneyleft"
+    assert organ_key("Kidney Left") == organ_key("kidney_left") == "kidney left"
     assert match_organs(["kidney_left", "liver"], ["LIVER", "Kidney-Left"], "x") == [
         "liver", "kidney_left"]
     with pytest.raises(PromptGeneratorError, match=r"no organ named 'heart'.*has: kidney_left"):

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from sam2refine.cli.main import main
-from sam2refine.image.volume import Volume, load_volume
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
 from sam2refine.io.segmentation import read_seg_nrrd
 from tests.conftest import TEST_IMAGE_SIZE, make_phantom
 

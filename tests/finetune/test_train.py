@@ -79,9 +79,9 @@ def _clip_dataset(root, clip_length=2, train=True, cases=None):
 
 
 def test_clips_are_consecutive_slices_of_one_organ_prepared_as_the_session_does(phantom_root):
-    from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
+    from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
     from sam2refine.image.slicing import slice_stack
-    from sam2refine.sam.transform import model_transform
+    from sam2refine.sam.transform import model_transform, to_model_tensor
 
     clips = _clip_dataset(phantom_root, clip_length=4)
     organs = {item.organ for item in clips.items}
@@ -126,7 +126,7 @@ def test_training_clips_change_with_the_epoch_and_validation_clips_do_not(phanto
 
 # ----- training ------------------------------------------------------------------------------
 def _config(root, out, checkpoint, **changes):
-    from sam2refine.finetune.train import FinetuneConfig
+    from sam2refine.finetune.config import FinetuneConfig
 
     settings = {"image_size": TEST_IMAGE_SIZE, "clip_length": 2, "epochs": 1,
                 "steps_per_epoch": 1, "lr": 2e-3, "val_fraction": 0.0, "device": "cpu",

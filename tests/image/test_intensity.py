@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sam2refine.errors import VolumeError
 from sam2refine.image import intensity
 from sam2refine.image.intensity import (
     CT_WINDOWS,
-    SAM2_MEAN,
-    SAM2_STD,
     IntensityPreset,
     frames_to_unit,
     normalize,
     parse_preset,
-    to_model_tensor,
 )
-from sam2refine.image.slicing import SliceStack, slice_stack
-from sam2refine.sam.transform import model_transform
 
 
 def test_presets_parse():
@@ -91,52 +85,3 @@ def test_frames_to_unit_clips_and_keeps_the_input():
     np.testing.assert_array_equal(floats, frames)  # input untouched
     with pytest.raises(VolumeError, match="empty"):
         frames_to_unit(frames, 5.0, 5.0)
-
-
-def _stack(height: int, width: int, row_mm: float, col_mm: float) -> SliceStack:
-    return SliceStack("axial", (2, 1, 0), (False, False, False), (width, height, 4),
-                      (2.0, row_mm, col_mm))
-
-
-def test_model_tensor_layout_normalisation_and_padding():
-    t = model_transform(_stack(40, 48, 1.2, 0.8), 256)
-    unit = np.random.default_rng(0).uniform(0, 1, (3, 40, 48)).astype(np.float32)
-    out = to_model_tensor(unit, t)
-    assert out.shape == (3, 3, 256, 256) and out.dtype == torch.float32
-    mean = torch.tensor(SAM2_MEAN)[None, :, None, None]
-    std = torch.tensor(SAM2_STD)[None, :, None, None]
-    grey = out * std + mean
-    torch.testing.assert_close(grey[:, 0], grey[:, 1])  # three identical grey channels
-    torch.testing.assert_close(grey[:, 0], grey[:, 2])
-    expected = t.image_to_model(torch.from_numpy(unit)[:, None])[:, 0]
-    torch.testing.assert_close(grey[:, 0], expected, atol=1e-5, rtol=0)
-    # Padding (right of the 205 content columns) is intensity 0, i.e. black after normalising.
-    pad = out[:, :, :, t.scaled_width :]
-    torch.testing.assert_close(pad, ((0 - mean) / std).expand_as(pad))
-
-
-def test_model_tensor_one_slice_at_a_time_equals_the_batch(phantom):
-    stack = slice_stack(phantom)
-    t = model_transform(stack, 128)
-    frames = stack.frames(phantom.voxels)  # a flipped, non-contiguous view
-    unit = frames_to_unit(frames, *normalize(phantom.voxels, parse_preset("ct")))
-    batch = to_model_tensor(unit, t)
-    for f in (0, 5, stack.num_frames - 1):
-        single = to_model_tensor(frames_to_unit(frames[f : f + 1], -160.0, 240.0), t)
-        torch.testing.assert_close(single[0], batch[f])
-    with pytest.raises(ValueError, match="N, H, W"):
-        to_model_tensor(unit[0], t)
-
-
-def test_real_ct_gets_a_sensible_model_tensor(totalseg_dir):
-    from sam2refine.image.volume import load_volume
-
-    volume = load_volume(totalseg_dir / "example_ct_sm.nii.gz")
-    low, high = normalize(volume.voxels, parse_preset("ct"))
-    stack = slice_stack(volume)
-    frame = stack.frames(volume.voxels)[15:16]
-    unit = frames_to_unit(frame, low, high)
-    assert 0.05 < unit.mean() < 0.6  # soft tissue visible, neither black nor white
-    out = to_model_tensor(unit, model_transform(stack, 256))
-    assert out.shape == (1, 3, 256, 256)
-    assert torch.isfinite(out).all()

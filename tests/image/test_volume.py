@@ -10,7 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from sam2refine.errors import VolumeError
-from sam2refine.image.volume import Volume, load_label_volume, load_volume, resample_to
+from sam2refine.image.labels import load_label_volume, resample_to
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
 from tests.conftest import rotation
 
 OBLIQUE = np.diag([-1.0, -1.0, 1.0]) @ rotation(2, 12.0) @ rotation(0, 7.0)

@@ -23,19 +23,17 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from sam2refine.cli.main import main
 from sam2refine.errors import ExportError
-from sam2refine.image.volume import Volume, load_volume, resample_to
-from sam2refine.io.dicomseg import (
-    export_dicom_seg,
+from sam2refine.image.labels import resample_to
+from sam2refine.image.reading import load_volume
+from sam2refine.image.volume import Volume
+from sam2refine.io.colors import default_color
+from sam2refine.io.dicom_reference import (
     map_to_reference,
     read_reference_series,
     recover_instance_uids,
 )
-from sam2refine.io.segmentation import (
-    SegmentInfo,
-    default_color,
-    write_nifti_labelmap,
-    write_seg_nrrd,
-)
+from sam2refine.io.dicomseg import export_dicom_seg
+from sam2refine.io.segmentation import SegmentInfo, write_nifti_labelmap, write_seg_nrrd
 from sam2refine.io.terminology import codes_for_segment, load_table, lookup
 from tests.conftest import make_phantom, rotation
 

@@ -14,10 +14,10 @@ import slicerio
 from sam2refine.errors import ExportError
 from sam2refine.image.volume import Volume
 from sam2refine.io import segmentation as export
+from sam2refine.io.atomic import atomic_write
+from sam2refine.io.colors import default_color
 from sam2refine.io.segmentation import (
     SegmentInfo,
-    atomic_write,
-    default_color,
     read_seg_nrrd,
     write_nifti_labelmap,
     write_seg_nrrd,
@@ -289,12 +289,5 @@ def test_unsupported_suffix_is_refused(tmp_path, labelmap, segments):
         write_segmentation(tmp_path / "out.mha", labelmap, segments)
 
 
-def test_default_colors():
-    palette = [default_color(i) for i in range(20)]
-    assert len(set(palette)) == 20
-    assert default_color(20) == default_color(0)
-    assert all(0.0 <= c <= 1.0 for color in palette for c in color)
-    assert default_color(5, "Kidney_left") == default_color(0, "kidney")
-    assert default_color(3, "LIVER") != default_color(3)
-    assert default_color(4, "unknown thing") == default_color(4)
+def test_supported_suffixes():
     assert export.SUPPORTED_SUFFIXES == (".seg.nrrd", ".nii", ".nii.gz")

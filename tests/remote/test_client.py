@@ -30,6 +30,11 @@ def server_url(tiny_model):
 
 
 def _same_result(a, b) -> None:
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for one, other in zip(a, b):
+            _same_result(one, other)
+        return
     assert (a.obj_id, a.frame) == (b.obj_id, b.frame)
     assert a.object_score == b.object_score
     assert a.mask.dtype == b.mask.dtype == bool and np.array_equal(a.mask, b.mask)
@@ -91,7 +96,8 @@ def test_errors_come_back_as_engine_errors_with_the_servers_message(tiny_model, 
         for session in (local, remote):
             session.add_object("organ")
         for call in (lambda s: s.add_points("liver", [[1, 1, 1]], [1]),
-                     lambda s: s.add_points("organ", [[1, 1, 1], [2, 2, 2]], [1, 1]),
+                     lambda s: s.add_points("organ", [[1, 1, 1], [2, 2, 2]], [1]),
+                     lambda s: s.add_points("organ", [[1, float("nan"), 1]], [1]),
                      lambda s: s.set_box("organ", (0, 0, 0), (99, 5, 0)),
                      lambda s: s.set_mask("organ", 1, np.ones((5, 5), bool)),
                      lambda s: s.add_object("organ")):

@@ -117,7 +117,7 @@ def _session_logits(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-res logits on a clicked slice (no memory used) and on the next, tracked, slice."""
     session = Session(model, make_phantom(), intensity="ct")
     obj = session.add_object("organ")
-    frame = session.add_points(obj, [[19, 20, 6]], [1]).frame
+    frame = session.add_points(obj, [[19, 20, 6]], [1])[0].frame
     session.propagate([obj], frame_range=(frame, frame + 1))
     state = session.object(obj)
     return state.cond[frame]["pred_masks"], state.tracked[frame + 1]["pred_masks"]
@@ -284,7 +284,8 @@ def test_adapters_run_under_bf16_autocast(trained, trained_site_outputs):
 
 def test_save_then_load_gives_identical_outputs(base_copy, trained, trained_features,
                                                 adapter_file, base_sha):
-    info, tensors = read_adapter_file(adapter_file)
+    read = read_adapter_file(adapter_file)
+    info, tensors = read.info, read.tensors
     assert info.base_model_name == TINY and info.image_size == TEST_IMAGE_SIZE
     assert info.base_checkpoint_sha256 == base_sha and not info.includes_decoder
     assert set(tensors) == set(adapter_state_dict(trained))
@@ -315,7 +316,8 @@ def test_a_trained_decoder_travels_with_the_adapters(adapted, tiny_model, base_s
 def _rewrite(path, tmp_path, drop_key=False, metadata=None):
     from safetensors.torch import save_file
 
-    info, tensors = read_adapter_file(path)
+    read = read_adapter_file(path)
+    info, tensors = read.info, dict(read.tensors)
     meta = info.metadata() if metadata is None else metadata
     if drop_key:
         tensors.pop(sorted(tensors)[0])

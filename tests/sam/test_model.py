@@ -7,13 +7,9 @@ import pytest
 import torch
 
 from sam2refine.errors import CheckpointError, SAM2RefineError
-from sam2refine.sam.model import (
-    build_model,
-    guess_model_name,
-    load_checkpoint,
-    read_state_dict,
-    resolve_device,
-)
+from sam2refine.runtime import resolve_device
+from sam2refine.sam.checkpoints import guess_model_name, load_checkpoint, read_state_dict
+from sam2refine.sam.model import build_model
 from tests.conftest import TEST_IMAGE_SIZE
 
 

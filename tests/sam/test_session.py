@@ -42,9 +42,9 @@ def test_box_prompt_returns_the_mask_of_its_slice(session):
 
 def test_physical_and_voxel_prompts_land_on_the_same_pixels(session, phantom):
     ijk = np.array([[20.0, 18.0, 4.0], [15.0, 25.0, 4.0]])
-    frame_v, rc_v = session.geometry.points(ijk, "ijk")
-    frame_l, rc_l = session.geometry.points(phantom.index_to_lps(ijk), "lps")
-    frame_r, rc_r = session.geometry.points(phantom.index_to_ras(ijk), "ras")
+    [(frame_v, rc_v, _)] = session.geometry.points(ijk, "ijk")
+    [(frame_l, rc_l, _)] = session.geometry.points(phantom.index_to_lps(ijk), "lps")
+    [(frame_r, rc_r, _)] = session.geometry.points(phantom.index_to_ras(ijk), "ras")
     assert frame_v == frame_l == frame_r == 4
     np.testing.assert_allclose(rc_l, rc_v, atol=1e-6)
     np.testing.assert_allclose(rc_r, rc_v, atol=1e-6)
@@ -95,7 +95,7 @@ def test_reprompt_changes_nothing_beyond_the_neighbouring_prompted_slices(sessio
     session.set_box(obj, (12, 12, 6), (26, 28, 6))
     session.propagate()
     before = _snapshot(session, obj)
-    result = session.add_points(obj, [[18, 20, 4], [25, 13, 4]], [1, 0])
+    [result] = session.add_points(obj, [[18, 20, 4], [25, 13, 4]], [1, 0])
     assert result.frame == 4
     ran = session.propagate()
     after = _snapshot(session, obj)
@@ -171,7 +171,10 @@ def test_cancel_stops_between_slices_and_keeps_finished_work(session):
     [
         (lambda s, o: s.add_points(o, [[60, 20, 4]], [1]), "outside the volume"),
         (lambda s, o: s.add_points(o, [[10, 20, 4]], [2]), "one label per point"),
-        (lambda s, o: s.add_points(o, [[10, 20, 4], [10, 20, 8]], [1, 1]), "one slice"),
+        (lambda s, o: s.add_points(o, [[10, 20, 4], [10, 20, 8]], [1]), "one label per point"),
+        (lambda s, o: s.add_points(o, [[10, float("nan"), 4]], [1]), "not a finite number"),
+        (lambda s, o: s.add_points(o, [["a", 20, 4]], [1]), "triples of numbers"),
+        (lambda s, o: s.add_points(o, [[4, 39.6, 20]], [1], coords="slice"), "outside the volume"),
         (lambda s, o: s.set_box(o, (10, 10, 4), (50, 20, 4)), "outside the volume"),
         (lambda s, o: s.set_box(o, (10, 10, 4), (10, 20, 4)), "zero area"),
         (lambda s, o: s.set_box(o, (10, 10, 4), (20, 20, 7)), "different slices"),
@@ -221,5 +224,27 @@ def test_a_refused_prompt_leaves_the_slice_as_it_was(session):
         session.set_mask(obj, 6, np.zeros((40, 48), bool))
     prompts = session.object(obj).prompts[6]
     assert prompts.box is not None and prompts.mask is None
-    again = session.add_points(obj, [[18, 20, 6]], [1])
+    [again] = session.add_points(obj, [[18, 20, 6]], [1])
     assert again.frame == first.frame
+
+
+def test_clicks_on_several_slices_prompt_each_slice_once(session):
+    obj = session.add_object("organ")
+    results = session.add_points(obj, [[18, 20, 8], [18, 20, 4], [25, 13, 4]], [1, 1, 0])
+    assert [r.frame for r in results] == [4, 8]
+    assert [lab for _, _, lab in session.object(obj).prompts[4].points] == [1, 0]
+    assert len(session.object(obj).prompts[8].points) == 1
+
+
+def test_slice_coordinates_give_the_same_prompt_as_voxels(tiny_model, phantom):
+    by_voxel, by_slice = Session(tiny_model, phantom), Session(tiny_model, phantom)
+    for s in (by_voxel, by_slice):
+        s.add_object("organ")
+    frc = by_voxel.stack.ijk_to_frc([[18, 20, 6], [12, 12, 6], [26, 28, 6]])
+    [a] = by_voxel.add_points(1, [[18, 20, 6]], [1])
+    [b] = by_slice.add_points(1, frc[:1], [1], coords="slice")
+    assert a.frame == b.frame and np.array_equal(a.mask, b.mask)
+    box_a = by_voxel.set_box(1, (12, 12, 6), (26, 28, 6))
+    box_b = by_slice.set_box(1, frc[1], frc[2], coords="slice")
+    assert np.array_equal(box_a.mask, box_b.mask)
+    assert by_voxel.object(1).prompts[6].box == by_slice.object(1).prompts[6].box

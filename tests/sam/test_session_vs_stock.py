@@ -7,9 +7,10 @@ import numpy as np
 import sam2.sam2_video_predictor as stock_module
 import torch
 
-from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset, to_model_tensor
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
 from sam2refine.sam.model import build_model
 from sam2refine.sam.session import Session
+from sam2refine.sam.transform import to_model_tensor
 from tests.conftest import TEST_IMAGE_SIZE, make_phantom
 
 BOXES = [(10, 8, 30, 26), (5, 20, 20, 44)]  # (r0, c0, r1, c1) on the prompted slice

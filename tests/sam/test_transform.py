@@ -9,8 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from sam2refine.image.intensity import frames_to_unit, normalize, parse_preset
 from sam2refine.image.slicing import SliceStack, slice_stack
-from sam2refine.sam.transform import ModelTransform, model_transform
+from sam2refine.sam.transform import (
+    SAM2_MEAN,
+    SAM2_STD,
+    ModelTransform,
+    model_transform,
+    to_model_tensor,
+)
 
 
 def _stack(height: int, width: int, row_mm: float = 1.0, col_mm: float = 1.0) -> SliceStack:
@@ -146,7 +153,7 @@ def test_image_to_model_shapes_and_zero_padding():
 
 
 def test_transform_of_a_real_volume(totalseg_dir):
-    from sam2refine.image.volume import load_volume
+    from sam2refine.image.reading import load_volume
 
     volume = load_volume(totalseg_dir / "example_ct_sm.nii.gz")
     stack = slice_stack(volume, "axial")
@@ -156,3 +163,47 @@ def test_transform_of_a_real_volume(totalseg_dir):
     assert (t.scaled_height, t.scaled_width) == (round(101 / 122 * 1024), 1024)
     coronal = slice_stack(volume, "coronal")
     assert (coronal.num_frames, coronal.height, coronal.width) == (101, 30, 122)
+
+
+def test_model_tensor_layout_normalisation_and_padding():
+    t = model_transform(_stack(40, 48, 1.2, 0.8), 256)
+    unit = np.random.default_rng(0).uniform(0, 1, (3, 40, 48)).astype(np.float32)
+    out = to_model_tensor(unit, t)
+    assert out.shape == (3, 3, 256, 256) and out.dtype == torch.float32
+    mean = torch.tensor(SAM2_MEAN)[None, :, None, None]
+    std = torch.tensor(SAM2_STD)[None, :, None, None]
+    grey = out * std + mean
+    torch.testing.assert_close(grey[:, 0], grey[:, 1])  # three identical grey channels
+    torch.testing.assert_close(grey[:, 0], grey[:, 2])
+    expected = t.image_to_model(torch.from_numpy(unit)[:, None])[:, 0]
+    torch.testing.assert_close(grey[:, 0], expected, atol=1e-5, rtol=0)
+    # Padding (right of the 205 content columns) is intensity 0, i.e. black after normalising.
+    pad = out[:, :, :, t.scaled_width :]
+    torch.testing.assert_close(pad, ((0 - mean) / std).expand_as(pad))
+
+
+def test_model_tensor_one_slice_at_a_time_equals_the_batch(phantom):
+    stack = slice_stack(phantom)
+    t = model_transform(stack, 128)
+    frames = stack.frames(phantom.voxels)  # a flipped, non-contiguous view
+    unit = frames_to_unit(frames, *normalize(phantom.voxels, parse_preset("ct")))
+    batch = to_model_tensor(unit, t)
+    for f in (0, 5, stack.num_frames - 1):
+        single = to_model_tensor(frames_to_unit(frames[f : f + 1], -160.0, 240.0), t)
+        torch.testing.assert_close(single[0], batch[f])
+    with pytest.raises(ValueError, match="N, H, W"):
+        to_model_tensor(unit[0], t)
+
+
+def test_real_ct_gets_a_sensible_model_tensor(totalseg_dir):
+    from sam2refine.image.reading import load_volume
+
+    volume = load_volume(totalseg_dir / "example_ct_sm.nii.gz")
+    low, high = normalize(volume.voxels, parse_preset("ct"))
+    stack = slice_stack(volume)
+    frame = stack.frames(volume.voxels)[15:16]
+    unit = frames_to_unit(frame, low, high)
+    assert 0.05 < unit.mean() < 0.6  # soft tissue visible, neither black nor white
+    out = to_model_tensor(unit, model_transform(stack, 256))
+    assert out.shape == (1, 3, 256, 256)
+    assert torch.isfinite(out).all()

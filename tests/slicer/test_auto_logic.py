@@ -11,7 +11,7 @@ import pytest
 
 from sam2refine.auto.pipeline import auto_segment
 from sam2refine.auto.sources import LabelFilePromptSource
-from sam2refine.image.volume import load_volume
+from sam2refine.image.reading import load_volume
 from sam2refine.sam.session import Session
 
 ORGAN = "gallbladder"

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from sam2refine.image.volume import load_volume
+from sam2refine.image.reading import load_volume
 from sam2refine.sam.session import Session
 
 LIVER_POINT = (77, 57, 24)  # ijk, inside the liver (examples/example_ct_sm.prompts.json)
@@ -50,7 +50,7 @@ def reference(tiny_model, ct_path):
     """The engine alone, prompted in voxel coordinates: what the segments must equal."""
     session = Session(tiny_model, load_volume(ct_path))
     liver, spleen = session.add_object("liver"), session.add_object("spleen")
-    steps = {"points": session.add_points(liver, [LIVER_POINT], [1]).mask.copy()}
+    steps = {"points": session.add_points(liver, [LIVER_POINT], [1])[0].mask.copy()}
     steps["box"] = session.set_box(spleen, *SPLEEN_BOX).mask.copy()
     session.propagate(frame_range=RANGE)
     steps["liver"], steps["spleen"] = session.object_mask(liver), session.object_mask(spleen)

@@ -76,7 +76,8 @@ def test_every_widget_the_code_uses_is_in_the_ui_file():
 def test_ui_offers_what_the_engine_accepts():
     from sam2refine.image.intensity import preset_names
     from sam2refine.image.slicing import AXES
-    from sam2refine.sam.model import DEVICES, SUPPORTED_IMAGE_SIZES
+    from sam2refine.runtime import DEVICES
+    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
     from sam2refine.sam.prompting import MASK_MODES
 
     assert ui_items("intensityComboBox") == preset_names()
