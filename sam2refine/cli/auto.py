@@ -74,7 +74,7 @@ def _auto(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path | None]]:
     """(volume, label file, output, prompts output) for one volume or each in a folder."""
-    from sam2refine.cli.main import _check_output_suffix
+    from sam2refine.cli.outputs import check_output_suffix
     from sam2refine.errors import SAM2RefineError
 
     volume, out = Path(args.volume), Path(args.out)
@@ -85,7 +85,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
                               "folder or a folder of volume files.")
     files = sorted(p for p in volume.iterdir() if _is_volume_file(p)) if volume.is_dir() else []
     if not files:  # a file, or a DICOM series folder
-        _check_output_suffix(out)
+        check_output_suffix(out)
         return [(volume, labels, out, save)]
     if out.name.lower().endswith((".seg.nrrd", ".nii", ".nii.gz")):
         raise SAM2RefineError(f"{volume} is a folder of volumes: --out must be a folder.")

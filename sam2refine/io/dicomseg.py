@@ -115,7 +115,7 @@ def export_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm_codes
 
-    from sam2refine import __version__
+    from sam2refine.version import __version__
 
     algorithm_type = str(algorithm_type).upper()
     if algorithm_type not in ALGORITHM_TYPES:
