@@ -15,8 +15,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sam2refine.runtime import DEVICES
-    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
+    from sam2refine.cli.options import add_model_arguments
 
     auto = subparsers.add_parser(
         "auto", help="segment organs automatically (prompt source + SAM 2 refinement)")
@@ -42,12 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     auto.add_argument("--stages", type=int, default=2, choices=(1, 2))
     auto.add_argument("--margin", type=int, default=3,
                       help="slices beyond each organ's proposed extent SAM 2 may fill")
-    auto.add_argument("--model", default="sam2.1_hiera_tiny")
-    auto.add_argument("--checkpoint", help="local SAM 2 checkpoint; default: official weights")
-    auto.add_argument("--adapters", metavar="FILE",
-                      help="fine-tuned adapters (.safetensors from `finetune`) for that checkpoint")
-    auto.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
-    auto.add_argument("--device", default="auto", choices=DEVICES)
+    add_model_arguments(auto)
     auto.add_argument("--intensity", default="ct", help="ct, ct-<window> or mr (see segment)")
     auto.set_defaults(run=_auto)
 
@@ -55,11 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _auto(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam2refine.sam.model import load_model
+    from sam2refine.cli.options import model_from_arguments
 
     jobs = _jobs(args)
-    model = load_model(args.model, args.image_size, args.checkpoint, args.device,
-                       adapters=args.adapters)
+    model = model_from_arguments(args)
     device = next(model.parameters()).device
     source = None
     if args.prompt_generator:

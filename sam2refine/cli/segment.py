@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from sam2refine.cli.options import add_model_arguments, model_from_arguments
 from sam2refine.cli.outputs import check_output_suffix
 
 log = logging.getLogger("sam2refine")
@@ -13,19 +14,12 @@ log = logging.getLogger("sam2refine")
 
 def register(sub: argparse._SubParsersAction) -> None:
     from sam2refine.image.slicing import AXES
-    from sam2refine.runtime import DEVICES
-    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
 
     seg = sub.add_parser("segment", help="segment a volume from a prompts JSON file")
     seg.add_argument("volume", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
     seg.add_argument("--prompts", required=True, help="prompts JSON (see README)")
     seg.add_argument("--out", required=True, help="output .seg.nrrd or .nii/.nii.gz")
-    seg.add_argument("--model", default="sam2.1_hiera_tiny")
-    seg.add_argument("--checkpoint", help="local checkpoint; default: download official weights")
-    seg.add_argument("--adapters", metavar="FILE",
-                     help="fine-tuned adapters (.safetensors) trained on this model/checkpoint")
-    seg.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
-    seg.add_argument("--device", default="auto", choices=DEVICES)
+    add_model_arguments(seg)
     seg.add_argument("--axis", default="axial", choices=AXES)
     seg.add_argument("--intensity", default="ct",
                      help="ct (abdomen window), ct-<window> (lung, bone, brain, liver, "
@@ -39,7 +33,6 @@ def _segment(args: argparse.Namespace) -> int:
     from sam2refine.image.reading import load_volume
     from sam2refine.io.colors import default_color
     from sam2refine.io.segmentation import SegmentInfo, write_segmentation
-    from sam2refine.sam.model import load_model
     from sam2refine.sam.prompts_file import apply_prompts, propagation_groups, read_prompts
     from sam2refine.sam.session import Session
 
@@ -47,8 +40,7 @@ def _segment(args: argparse.Namespace) -> int:
     check_output_suffix(out)
     volume = load_volume(args.volume)
     prompts = read_prompts(args.prompts)
-    model = load_model(args.model, args.image_size, args.checkpoint, args.device,
-                       adapters=args.adapters)
+    model = model_from_arguments(args)
     session = Session(model, volume, axis=args.axis, intensity=args.intensity)
     log.info("Volume %s: %d %s slices; model %s at %d px on %s", args.volume,
              session.num_frames, args.axis, args.model, args.image_size, session.device)

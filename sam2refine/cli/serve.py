@@ -6,8 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sam2refine.runtime import DEVICES
-    from sam2refine.sam.model import SUPPORTED_IMAGE_SIZES
+    from sam2refine.cli.options import add_model_arguments
 
     serve = subparsers.add_parser("serve", help="run the engine as an HTTP server (Slicer's "
                                   "remote mode); loopback only unless a token is given")
@@ -16,12 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--token", help="access token clients must send as a bearer token "
                                        "(default: $SAM2REFINE_TOKEN)")
-    serve.add_argument("--model", default="sam2.1_hiera_tiny")
-    serve.add_argument("--checkpoint", help="local checkpoint; default: official weights")
-    serve.add_argument("--adapters", metavar="FILE",
-                       help="fine-tuned adapters (.safetensors) trained on this checkpoint")
-    serve.add_argument("--image-size", type=int, default=1024, choices=SUPPORTED_IMAGE_SIZES)
-    serve.add_argument("--device", default="auto", choices=DEVICES)
+    add_model_arguments(serve)
 
     def _serve(args: argparse.Namespace) -> int:
         import os
