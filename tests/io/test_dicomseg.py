@@ -388,7 +388,7 @@ def test_atomic_write_leaves_no_partial_file(ct_series, organs, tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(hd.seg.Segmentation, "save_as", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ExportError, match="disk full"):
         export_dicom_seg(labelmap, segments, ct_series, out)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
