@@ -38,8 +38,9 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> Path:
     """Write ``path`` via ``write_fn(temp_path)`` then rename it into place; returns ``path``.
 
     The temporary file sits next to the destination and keeps its suffix in lower case
-    (writers choose the format from it). If anything fails the temporary file is removed, the exception propagates,
-    and an existing destination is left exactly as it was.
+    (writers choose the format from it). If anything fails the temporary file is removed, the
+    exception propagates (an OSError as `ExportError`), and an existing destination is left
+    exactly as it was.
     """
     path = Path(path).expanduser()
     if path.is_dir():
