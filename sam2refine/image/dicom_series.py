@@ -198,14 +198,15 @@ def select_series(folder: Path, uid: str | None = None) -> DicomSeries:
     return series[0]
 
 
-def read_dicom_folder(folder: Path, uid: str | None = None) -> sitk.Image:
-    """The pixels of one checked series of `folder` (see `select_series`) as an ITK image."""
+def read_dicom_folder(folder: Path, uid: str | None = None) -> tuple[sitk.Image, DicomSeries]:
+    """The pixels of one checked series of `folder` (see `select_series`) as an ITK image,
+    with the series it came from."""
     series = select_series(folder, uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in series.files])
     try:
         with quiet_itk():
-            return reader.Execute()
+            return reader.Execute(), series
     except RuntimeError as exc:
         raise VolumeError(
             f"Cannot read the DICOM series {series.uid} in {folder} ({len(series.files)} "

@@ -31,11 +31,17 @@ def read_image(path: str | Path, *, series: str | None = None) -> tuple[sitk.Ima
     Checks that it exists, can be decoded and is complete; NIfTI files are also scanned for
     NaN / infinite voxels, which ITK would silently read as 0.
     """
+    image, path, _ = _read(path, series)
+    return image, path
+
+
+def _read(path: str | Path, series: str | None) -> tuple[sitk.Image, Path, str | None]:
     path = Path(path).expanduser()
     if not path.exists():
         raise VolumeError(f"File or folder not found: {path}. Check the path.")
     if path.is_dir():
-        return read_dicom_folder(path, series), path
+        image, found = read_dicom_folder(path, series)
+        return image, path, found.uid
     if series is not None:
         raise VolumeError(f"--series picks a series in a DICOM folder; {path} is a file. Leave "
                           "--series out, or give the DICOM folder.")
@@ -48,7 +54,7 @@ def read_image(path: str | Path, *, series: str | None = None) -> tuple[sitk.Ima
             f"({first_line(exc)}). Supported: {SUPPORTED_FORMATS}, or a DICOM series folder."
         ) from exc
     _scan_nifti(path)
-    return image, path
+    return image, path, None
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, str] | None:
@@ -152,6 +158,16 @@ def as_3d_scalar(image: sitk.Image, path: Path, what: str, allow_thin: bool) -> 
     return image
 
 
+def load_image(path: str | Path, *, series: str | None = None) -> tuple[Volume, str | None]:
+    """`load_volume`, and the SeriesInstanceUID it was read from when `path` is a DICOM folder
+    (recorded in the segmentation, so an export references the same series)."""
+    image, path, uid = _read(path, series)
+    image = as_3d_scalar(image, path, "the image", allow_thin=False)
+    volume = Volume.from_sitk(image)
+    check_image(volume, str(path))
+    return volume, uid
+
+
 def load_volume(path: str | Path, *, series: str | None = None) -> Volume:
     """Read an image (NIfTI, NRRD, MetaImage file or DICOM series folder) with its geometry.
 
@@ -160,11 +176,7 @@ def load_volume(path: str | Path, *, series: str | None = None) -> Volume:
     several series needs `series` (a SeriesInstanceUID). Problems raise `VolumeError` naming
     the file and the fix.
     """
-    image, path = read_image(path, series=series)
-    image = as_3d_scalar(image, path, "the image", allow_thin=False)
-    volume = Volume.from_sitk(image)
-    check_image(volume, str(path))
-    return volume
+    return load_image(path, series=series)[0]
 
 
-__all__ = ["as_3d_scalar", "check_geometry", "load_volume", "read_image"]
+__all__ = ["as_3d_scalar", "check_geometry", "load_image", "load_volume", "read_image"]
