@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompts-from", metavar="LABELS",
                         help="label file (NIfTI, NRRD, .seg.nrrd) whose labels seed SAM 2; for "
                              "a folder of volumes, a folder of label files with the same names")
+    auto.add_argument("--series", metavar="UID",
+                      help="SeriesInstanceUID of the series to segment, when the DICOM folder "
+                           "holds several")
     auto.add_argument("--label-names", metavar="JSON",
                       help="names of the labels (labels.json or nnU-Net dataset.json); default: "
                            "the .seg.nrrd's segment names or a names file next to the labels")
@@ -52,6 +55,7 @@ def _auto(args: argparse.Namespace) -> int:
     from sam2refine.cli.options import model_from_arguments
 
     jobs = _jobs(args)
+    _check_jobs(args, jobs)
     model = model_from_arguments(args)
     device = next(model.parameters()).device
     source = None
@@ -94,6 +98,26 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
     return jobs
 
 
+def _check_jobs(args: argparse.Namespace, jobs: list) -> None:
+    """No output of any job may overwrite an input of any job (or another output)."""
+    from sam2refine.cli.outputs import check_outputs, segmentation_outputs
+
+    outputs: list[Path] = []
+    inputs: list[Path | str | None] = [args.label_names, args.prompt_generator,
+                                       args.checkpoint, args.adapters]
+    for volume_path, labels, out, prompts_out in jobs:
+        inputs += [volume_path, labels]
+        outputs += segmentation_outputs(out)
+        if args.keep_stages:
+            for stage in ("unet", "stage1"):
+                outputs += segmentation_outputs(_stage_path(out, stage))
+        if prompts_out is not None:
+            proposals = prompts_out.with_name(
+                f"{prompts_out.name.removesuffix('.json')}.proposals.nii.gz")
+            outputs += [prompts_out, *segmentation_outputs(proposals)]
+    check_outputs(outputs, inputs)
+
+
 def _is_volume_file(path: Path) -> bool:
     name = path.name.lower()
     return path.is_file() and name.endswith(VOLUME_SUFFIXES) and not name.endswith(".seg.nrrd")
@@ -122,18 +146,17 @@ def _label_for(folder: Path, case: str) -> Path:
 def _one(args, model, source, volume_path: Path, out: Path, prompts_out: Path | None) -> None:
     from sam2refine.auto.pipeline import auto_segment, save_prompts
     from sam2refine.auto.sources import LabelFilePromptSource
-    from sam2refine.image.reading import load_volume
+    from sam2refine.cli.segment import source_fields
+    from sam2refine.image.reading import load_image
     from sam2refine.io.segmentation import write_segmentation
 
-    volume = load_volume(volume_path)
+    volume, series_uid = load_image(volume_path, series=args.series)
     if isinstance(source, Path):
         source = LabelFilePromptSource(source, args.label_names)
     organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
     result = auto_segment(model, volume, source, organs=organs, stages=args.stages,
                           margin=args.margin, intensity=args.intensity)
-    fields = {"SAM2Refine_AlgorithmType": "AUTOMATIC"}  # no person prompted
-    if volume_path.is_dir():  # remembered so that `export` finds the DICOM source
-        fields["SAM2Refine_SourceSeries"] = str(volume_path.expanduser().resolve())
+    fields = source_fields(volume_path, series_uid, "AUTOMATIC")  # no person prompted
     out.parent.mkdir(parents=True, exist_ok=True)
     segments = result.segments()
     written = write_segmentation(out, result.final.label_volume, segments, fields=fields)

@@ -78,3 +78,11 @@ def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | 
                     f"The output would overwrite {what}; nothing was written. Choose another "
                     "output name (inputs are never overwritten)."
                 )
+
+
+def segmentation_outputs(out: Path) -> list[Path]:
+    """Every file writing a segmentation to ``out`` creates (NIfTI adds its names file)."""
+    from sam2refine.io.segmentation import nifti_sidecar
+
+    out = Path(out)
+    return [out, nifti_sidecar(out)] if out.name.lower().endswith((".nii", ".nii.gz")) else [out]

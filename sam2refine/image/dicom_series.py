@@ -120,7 +120,7 @@ def scan_folder(folder: Path) -> list[DicomSeries]:
         hint = (" It has subfolders: choose the folder that directly contains the DICOM files."
                 if any(p.is_dir() for p in entries)
                 else " Give a DICOM series folder or an image file: " + SUPPORTED_FORMATS + ".")
-        raise VolumeError(f"No DICOM image series found in the folder {folder}.{hint}")
+        raise VolumeError(f"No DICOM series found in the folder {folder}.{hint}")
     return series
 
 
