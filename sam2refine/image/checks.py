@@ -27,10 +27,12 @@ def check_geometry(volume: Volume, source: str) -> None:
             f"{source} has an invalid origin {_fmt(volume.origin)} in its header; re-export the "
             "image."
         )
-    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+    if (not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6
+            or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)):
         raise VolumeError(
-            f"{source} has an invalid orientation (its direction matrix is degenerate or not a "
-            "number), so no voxel has a place in patient space; re-export the image."
+            f"{source} has an invalid orientation (its direction matrix is degenerate, sheared "
+            "or not a number), so its voxels have no true place in patient space; re-export "
+            "the image."
         )
 
 

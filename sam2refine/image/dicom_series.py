@@ -164,11 +164,20 @@ def _check_even(folder: Path, uid: str, files: list[Path], positions: np.ndarray
             "phases or a duplicate copy). Separate them into their own folders."
         )
     step = float(np.median(gaps))
-    uneven = np.abs(gaps - step) > max(1e-3, 0.01 * step)
-    off_line = np.linalg.norm(np.cross(positions - positions[0], normal), axis=1)
-    lateral = np.abs(np.diff(off_line)) > max(1e-3, 0.01 * step)
-    if uneven.any() or lateral.any():
-        n = int(np.argmax(uneven | lateral))
+    tolerance = max(1e-3, 0.01 * step)
+    offsets = positions - positions[0]
+    sideways = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    if sideways.max() > 10 * tolerance:
+        n = int(np.argmax(sideways))
+        raise VolumeError(
+            f"The slices of series {uid} in {folder} are not stacked straight: {files[n].name} "
+            f"lies {sideways[n]:.3g} mm sideways of the first slice (a tilted gantry or a "
+            "sheared acquisition). Read as a volume its voxels would be misplaced; resample it "
+            "onto a regular grid first (e.g. Slicer's DICOM import corrects gantry tilt)."
+        )
+    uneven = np.abs(gaps - step) > tolerance
+    if uneven.any():
+        n = int(np.argmax(uneven))
         missing = round(gaps[n] / step) - 1
         guess = (f"about {missing} slice(s) are missing there" if missing >= 1 else
                  "the slices are not evenly spaced")

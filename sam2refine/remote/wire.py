@@ -190,10 +190,25 @@ def volume_from_bytes(data: bytes, max_bytes: int) -> Volume:
         raise VolumeError(f"The uploaded voxels are {voxels.dtype}; send integers or floats.")
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         raise VolumeError("The uploaded volume has NaN or infinite voxels; fix the image first.")
+    for name in ("spacing", "origin", "direction"):
+        if not (np.issubdtype(arrays[name].dtype, np.integer)
+                or np.issubdtype(arrays[name].dtype, np.floating)):
+            raise VolumeError(f"The uploaded {name} is {arrays[name].dtype}; send numbers.")
     try:
         return Volume(voxels, arrays["spacing"], arrays["origin"], arrays["direction"])
     except ValueError as exc:
         raise VolumeError(f"The uploaded geometry is malformed ({exc}).") from exc
+
+
+def image_from_bytes(data: bytes, max_bytes: int) -> Volume:
+    """An uploaded image to segment: `volume_from_bytes`, then the checks every image passes
+    (`image.checks.check_image`: geometry, several slices, finite, not constant), so the
+    server refuses what `segment` refuses, with the same words."""
+    from sam2refine.image.checks import check_image
+
+    volume = volume_from_bytes(data, max_bytes)
+    check_image(volume, "The uploaded volume")
+    return volume
 
 
 # ----- results -----------------------------------------------------------------------------

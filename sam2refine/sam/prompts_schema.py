@@ -155,7 +155,7 @@ def path_text(loc: tuple, data: object = None) -> str:
     return text or "the document"
 
 
-def _one(error: dict, root: type[BaseModel], data: object) -> str:
+def _one(error: dict, root: type[BaseModel] | None, data: object) -> str:
     loc = tuple(p for p in error.get("loc", ()) if not (isinstance(p, str) and p.startswith(
         ("function-", "tagged-union", "nullable"))))
     where, kind = path_text(loc, data), error.get("type", "")
@@ -163,10 +163,12 @@ def _one(error: dict, root: type[BaseModel], data: object) -> str:
     shown = repr(given) if len(repr(given)) <= 40 else repr(given)[:37] + "..."
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        known = known_keys(root, loc[:-1])
+        known = known_keys(root, loc[:-1]) if root is not None else []
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
         hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
         return f"{where}: unknown key ({hint})"
+    if kind == "json_invalid":
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
     if kind == "model_type" and not loc:
         return f"{where} must be a JSON object ({{...}}), not {type(given).__name__}"
     if kind == "missing":
@@ -180,10 +182,11 @@ def _one(error: dict, root: type[BaseModel], data: object) -> str:
     return f"{where}: {message} (got {shown})"
 
 
-def describe_errors(exc: ValidationError, root: type[BaseModel], data: object = None,
-                    limit: int = 3) -> str:
-    """The errors of a validation as one line: each bad field's path and what is wrong."""
-    errors = exc.errors()
+def describe_errors(exc: ValidationError | list[dict], root: type[BaseModel] | None,
+                    data: object = None, limit: int = 3) -> str:
+    """Validation errors (a pydantic `ValidationError` or its `.errors()` list) as one line:
+    each bad field's path and what is wrong; unknown keys with the nearest key of `root`."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else list(exc)
     parts = [_one(e, root, data) for e in errors[:limit]]
     more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
     return "; ".join(parts) + more

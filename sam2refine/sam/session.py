@@ -188,7 +188,10 @@ class Session:
             if not stacked.any():
                 raise PromptError("The mask volume is empty: there is nothing to prompt with.")
             frames = [int(stacked.reshape(len(stacked), -1).sum(1).argmax())]
-        return [self.set_mask(obj, int(f), stacked[int(f)], mode) for f in frames]
+        frames = [int(f) for f in frames]
+        for f in frames:  # before indexing: slice 999 is a PromptError, not an IndexError
+            self.geometry.check_frame(f)
+        return [self.set_mask(obj, f, stacked[f], mode) for f in frames]
 
     def clear_prompts(self, obj: int | str, frame: int) -> None:
         """Forget the prompts of `obj` on `frame`; the next propagate() fills the slice again."""
