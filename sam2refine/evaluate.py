@@ -197,7 +197,8 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
         found[case_id] = path
     if not found:
         raise DatasetError(
-            f"The {what} folder {folder} holds no label files ({', '.join(LABEL_SUFFIXES)})."
+            f"The {what} folder {folder} holds no label files ({', '.join(LABEL_SUFFIXES)}); "
+            "give the folder that holds them."
         )
     return found
 

@@ -16,6 +16,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from sam2refine.cli.options import add_model_arguments
+    from sam2refine.cli.values import non_negative_int
 
     auto = subparsers.add_parser(
         "auto", help="segment organs automatically (prompt source + SAM 2 refinement)")
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     auto.add_argument("--keep-stages", action="store_true",
                       help="also write the proposals and stage 1 as <out>.unet / <out>.stage1")
     auto.add_argument("--stages", type=int, default=2, choices=(1, 2))
-    auto.add_argument("--margin", type=int, default=3,
+    auto.add_argument("--margin", type=non_negative_int, default=3,
                       help="slices beyond each organ's proposed extent SAM 2 may fill")
     add_model_arguments(auto)
     auto.add_argument("--intensity", default="ct", help="ct, ct-<window> or mr (see segment)")
@@ -101,12 +102,15 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
 def _check_jobs(args: argparse.Namespace, jobs: list) -> None:
     """No output of any job may overwrite an input of any job (or another output)."""
     from sam2refine.cli.outputs import check_outputs, segmentation_outputs
+    from sam2refine.io.label_names import sidecar_path
 
     outputs: list[Path] = []
     inputs: list[Path | str | None] = [args.label_names, args.prompt_generator,
                                        args.checkpoint, args.adapters]
     for volume_path, labels, out, prompts_out in jobs:
         inputs += [volume_path, labels]
+        if labels is not None and not args.label_names:  # the names file read beside it
+            inputs.append(sidecar_path(labels))
         outputs += segmentation_outputs(out)
         if args.keep_stages:
             for stage in ("unet", "stage1"):

@@ -48,6 +48,18 @@ def _input_files(inputs: Iterable[Path | str | None]) -> list[tuple[Path, bool]]
     return found
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse at once what the write would fail on after minutes of work."""
+    if out.is_dir():
+        raise OutputError(f"The output {out} is a folder; give a file name.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"Cannot write {out}: {parent} is a file, not a folder. "
+                                  "Choose another output path.")
+            break
+
+
 def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | str | None]
                   ) -> None:
     """Refuse any output that is an input, lies in an input folder over an existing file, or
@@ -60,6 +72,7 @@ def check_outputs(outputs: Iterable[Path | str | None], inputs: Iterable[Path | 
         if item is None or str(item) == "":
             continue
         out = Path(item).expanduser()
+        _check_writable(out)
         name, inode = _identity(out)
         if name in seen:
             raise OutputError(f"{seen[name]} and {out} are the same file; give each output its "

@@ -45,10 +45,16 @@ def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sam2refine.image.reading import load_image
+    from sam2refine.image.slicing import slice_stack
     from sam2refine.io.colors import default_color
     from sam2refine.io.segmentation import SegmentInfo, write_segmentation
     from sam2refine.io.terminology import slicer_terminology
-    from sam2refine.sam.prompts_file import apply_prompts, propagation_groups, read_prompts
+    from sam2refine.sam.prompts_file import (
+        apply_prompts,
+        check_against,
+        propagation_groups,
+        read_prompts,
+    )
     from sam2refine.sam.session import Session
 
     out = Path(args.out)
@@ -57,6 +63,7 @@ def _segment(args: argparse.Namespace) -> int:
     check_outputs(segmentation_outputs(out), [args.volume, args.prompts, *prompts.mask_files(),
                                               args.checkpoint, args.adapters])
     volume, series_uid = load_image(args.volume, series=args.series)
+    check_against(prompts, volume, slice_stack(volume, args.axis).num_frames)  # before the model
     model = model_from_arguments(args)
     session = Session(model, volume, axis=args.axis, intensity=args.intensity)
     log.info("Volume %s: %d %s slices; model %s at %d px on %s", args.volume,

@@ -45,15 +45,16 @@ def _read(path: str | Path, series: str | None) -> tuple[sitk.Image, Path, str |
     if series is not None:
         raise VolumeError(f"--series picks a series in a DICOM folder; {path} is a file. Leave "
                           "--series out, or give the DICOM folder.")
+    _scan_nifti(path)  # first: a cut-off file is named as such, not as "unreadable"
     try:
         with quiet_itk():
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise VolumeError(
             f"Cannot read {path}: it is not a readable image, or it is damaged or incomplete "
-            f"({first_line(exc)}). Supported: {SUPPORTED_FORMATS}, or a DICOM series folder."
+            f"({first_line(exc)}). Give an image in {SUPPORTED_FORMATS} or a DICOM series "
+            "folder, or copy the file again."
         ) from exc
-    _scan_nifti(path)
     return image, path, None
 
 
@@ -87,7 +88,12 @@ def _scan_nifti(path: Path) -> None:
     inflater = zlib.decompressobj(31) if name.endswith(".gz") else None
     header, available, layout = b"", 0, None
     pending, not_finite = b"", 0
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below; errors become one line
+    except OSError as exc:
+        raise VolumeError(f"Cannot open {path}: {exc.strerror or exc}. Check the file's "
+                          "permissions.") from exc
+    with raw:
         while layout is None or available < layout[0]:
             chunk = raw.read(1 << 20)
             if not chunk:

@@ -32,6 +32,7 @@ import numpy as np
 
 from sam2refine.errors import PromptError, SAM2RefineError
 from sam2refine.image.labels import resample_to
+from sam2refine.image.volume import Volume
 from sam2refine.io.segmentation import read_segmentation_file
 from sam2refine.sam.prompts_schema import validate_prompts
 from sam2refine.sam.session import Session
@@ -56,6 +57,8 @@ class PromptsFile:
     segments: list[SegmentPrompts]
     frame_range: tuple[int, int] | None
     base_dir: Path
+    # (segment index, mask index) -> that mask on the image grid, from `check_against`
+    resolved: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def mask_files(self) -> list[Path]:
         """Every mask file the prompts read (inputs a command must never overwrite)."""
@@ -86,8 +89,12 @@ def read_prompts(path: str | Path) -> PromptsFile:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except PromptError as exc:
         raise PromptError(f"Prompts file {path}: {exc}. {_README}") from exc
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise PromptError(f"Prompts file {path} is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise PromptError(f"Prompts file {path} is not valid JSON: it is nested too deeply. "
+                          f"Fix the file. {_README}") from exc
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise PromptError(f"Prompts file {path} is not valid JSON ({exc}); fix the file (a "
+                          f"JSON checker shows where). {_README}") from exc
     document, problem = validate_prompts(data)
     if document is None:
         raise PromptError(f"Prompts file {path}: {problem}. {_README}")
@@ -103,17 +110,35 @@ def read_prompts(path: str | Path) -> PromptsFile:
     return PromptsFile(segments, document.range, path.parent)
 
 
-def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
-    """Create the segments in `session` and give it their prompts; returns the object ids."""
+def check_against(prompts: PromptsFile, volume: Volume, num_frames: int) -> None:
+    """Check the prompts against the image before any model work: slice ranges and mask
+    slices inside the volume, every mask file readable, on this image and not empty. The
+    masks are kept resampled onto the image for `apply_prompts`."""
+    last = num_frames - 1
     ranges = [("range", prompts.frame_range)] + [
         (f"range of segment {s.name!r}", s.frame_range) for s in prompts.segments]
     for what, rng in ranges:
-        if rng is not None and rng[1] >= session.num_frames:
+        if rng is not None and rng[1] > last:
             raise PromptError(f"The prompts' {what} [{rng[0]}, {rng[1]}] goes past the last "
-                              f"slice ({session.num_frames - 1}); give slices 0 to "
-                              f"{session.num_frames - 1}.")
+                              f"slice ({last}); give slices 0 to {last}.")
+    for n, seg in enumerate(prompts.segments):
+        for *_, frame in seg.boxes:
+            if frame is not None and frame > last:
+                raise PromptError(f"Segment {seg.name!r}: box slice {frame} is past the last "
+                                  f"slice ({last}); give slices 0 to {last}.")
+        for m, spec in enumerate(seg.masks):
+            try:
+                prompts.resolved[(n, m)] = _mask_on(volume, spec, prompts.base_dir, last)
+            except PromptError as exc:
+                raise PromptError(f"Segment {seg.name!r}: {exc}") from exc
+
+
+def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
+    """Create the segments in `session` and give it their prompts; returns the object ids."""
+    if any(seg.masks for seg in prompts.segments) and not prompts.resolved:
+        check_against(prompts, session.volume, session.num_frames)
     ids = []
-    for seg in prompts.segments:
+    for n, seg in enumerate(prompts.segments):
         obj = session.add_object(seg.name, seg.label)
         ids.append(obj)
         try:
@@ -122,8 +147,9 @@ def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
             if seg.points:
                 session.add_points(obj, [p for p, _ in seg.points], [v for _, v in seg.points],
                                    seg.coordinates)
-            for spec in seg.masks:
-                _apply_mask(session, obj, spec, prompts.base_dir)
+            for m, spec in enumerate(seg.masks):
+                session.set_mask_volume(obj, prompts.resolved[(n, m)], spec.get("slices"),
+                                        spec.get("mode", "refine"))
         except PromptError as exc:
             raise PromptError(f"Segment {seg.name!r}: {exc}") from exc
     return ids
@@ -144,13 +170,13 @@ def _mask_path(spec: dict, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def _apply_mask(session: Session, obj: int, spec: dict, base_dir: Path) -> None:
+def _mask_on(volume: Volume, spec: dict, base_dir: Path, last: int) -> np.ndarray:
+    """A mask prompt as a [k, j, i] bool array on the image grid."""
     path = _mask_path(spec, base_dir)
     slices = spec.get("slices")
-    if slices is not None and max(slices) >= session.num_frames:
+    if slices is not None and max(slices) > last:
         raise PromptError(f"mask {path.name}: slice {max(slices)} is past the last slice "
-                          f"({session.num_frames - 1}); give slices 0 to "
-                          f"{session.num_frames - 1}.")
+                          f"({last}); give slices 0 to {last}.")
     try:
         segmentation = read_segmentation_file(path)
     except SAM2RefineError as exc:
@@ -163,8 +189,11 @@ def _apply_mask(session: Session, obj: int, spec: dict, base_dir: Path) -> None:
         mask = (segmentation.mask(chosen[0]) if chosen
                 else np.asarray(segmentation.grid.voxels) == int(value))
     mask = segmentation.grid.with_voxels(mask.astype(np.uint8))
-    on_image = resample_to(mask, session.volume, source=f"The mask file {path}").voxels > 0
+    try:
+        on_image = resample_to(mask, volume, source=f"The mask file {path}").voxels > 0
+    except SAM2RefineError as exc:
+        raise PromptError(str(exc)) from exc
     if not on_image.any():
         which = "" if value is None else f" with value {value}"
         raise PromptError(f"Mask file {path} has no voxels{which} on this image.")
-    session.set_mask_volume(obj, on_image, slices, spec.get("mode", "refine"))
+    return on_image
