@@ -102,7 +102,8 @@ def auth_dependency(token: str | None) -> Callable[..., Awaitable[None]]:
             raise AuthError(
                 "This server needs its access token: send 'Authorization: Bearer <token>' "
                 "(in Slicer, enter the token the server was started with)."
-                if not authorization else "Wrong access token for this server."
+                if not authorization else "Wrong access token for this server; use the token "
+                "it was started with (--token or $SAM2REFINE_TOKEN)."
             )
     return check
 
@@ -164,9 +165,15 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = (f"No endpoint {request.method} {request.url.path} on this server; check "
-                   "the URL and that the client and server versions match."
-                   if exc.status_code in (404, 405) else str(exc.detail))
+        if exc.status_code in (404, 405):
+            message = (f"No endpoint {request.method} {request.url.path} on this server; "
+                       "check the URL and that the client and server versions match.")
+        elif exc.status_code == 400:
+            message = (f"The request body of {request.url.path} cannot be parsed ({exc.detail}; "
+                       "malformed or too deeply nested JSON, or not UTF-8); send JSON as the "
+                       "client does.")
+        else:
+            message = str(exc.detail)
         return JSONResponse(error_body(RequestError(message)), exc.status_code)
 
     @app.exception_handler(Exception)

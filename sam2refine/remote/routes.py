@@ -156,6 +156,7 @@ def session_routes(engine: Engine, model: Any, token: str | None, max_upload_byt
     @api.post("/sessions/{sid}/propagate", status_code=202)
     async def propagate(sid: str, body: PropagateBody) -> dict:
         record = engine.get(sid)
+        record.session.geometry.frame_range(body.frame_range)  # a bad range: 422 now, no job
         return engine.start_propagation(record, body.objects, body.frame_range).to_json()
 
     @api.get("/sessions/{sid}/jobs/{job_id}")

@@ -24,7 +24,7 @@ from tests.io.test_dicomseg import standard_axial, write_dicom_series
 # A refusal says what to do: one of these words (or "... instead") appears in every message.
 ACTION = re.compile(
     r"\b(give|choose|check|use|add|remove|fix|re-?export|retrieve|save|copy|export|put|pass|"
-    r"start|stop|rename|leave|see|free|convert|extract|resample|separate|declare|set|close|"
+    r"start|stop|rename|leave|see|free|convert|extract|resample|separate|declare|set|close|place|drag|"
     r"send|crop|restart|keep|name|segment|draw|open|delete|download|install|listen|wait|"
     r"write|try|run|ask|expected|must|needs?|should|did you mean|known keys)\b", re.IGNORECASE)
 
