@@ -69,12 +69,16 @@ def _description(number: int, seg: SegmentInfo, codes: SegmentCodes, algorithm_t
 
 
 def segment_label(name: str) -> str:
-    """The SegmentLabel (LO: at most 64 characters, no backslash) for a segment name."""
+    """The SegmentLabel for a segment name: LO holds 64 characters, no backslash; validators
+    count UTF-8 bytes, so a longer name is cut to 64 bytes (on a character boundary) + "..."."""
     label = name.replace("\\", "/")
-    if len(label) > 64:
-        label = label[:63] + "\u2026"
+    if len(label.encode("utf-8")) > 64:
+        cut = label
+        while len(cut.encode("utf-8")) > 61:
+            cut = cut[:-1]
         log.warning("Segment name %r is longer than the 64 characters a DICOM-SEG label holds; "
-                    "it is written as %r.", name, label)
+                    "it is written as %r.", name, cut + "...")
+        label = cut + "..."
     return label
 
 

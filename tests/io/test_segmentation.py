@@ -13,10 +13,10 @@ import slicerio
 
 from sam2refine.errors import ExportError
 from sam2refine.image.volume import Volume
+from sam2refine.io import seg_nrrd
 from sam2refine.io import segmentation as export
 from sam2refine.io.atomic import atomic_write
 from sam2refine.io.colors import default_color
-from sam2refine.io import seg_nrrd
 from sam2refine.io.seg_nrrd import terminology_for
 from sam2refine.io.segmentation import (
     SegmentInfo,
