@@ -83,6 +83,27 @@ def read_seg_nrrd_file(path: str | Path) -> Segmentation:
     return _segmentation_from(path, header, data)
 
 
+def read_seg_nrrd_header(path: str | Path) -> tuple[list[SegmentInfo], dict[str, str]]:
+    """(segments, custom fields) of a .seg.nrrd from its header alone (no voxels read)."""
+    import nrrd
+
+    path = Path(path).expanduser()
+    try:
+        with open(path, "rb") as handle:
+            header = nrrd.read_header(iter(_read_header_lines(handle)))
+    except VolumeError as exc:
+        raise VolumeError(f"Cannot read the segmentation {path}: {exc}. Save it again from "
+                          "Slicer.") from exc
+    except Exception as exc:  # pynrrd raises assorted types for malformed headers
+        raise VolumeError(f"Cannot read the segmentation {path}: its header is damaged "
+                          f"({exc}). Save it again from Slicer.") from exc
+    sizes = list(header.get("sizes", []))
+    layers = int(sizes[0]) if len(sizes) == 4 else 1
+    fields = {k: str(v) for k, v in header.items()
+              if k.startswith(FIELD_PREFIX) or k in KEPT_SLICER_FIELDS}
+    return _segments_from(header, layers), fields
+
+
 def _segmentation_from(path: Path, header: dict, data: np.ndarray) -> Segmentation:
     if data.ndim == 3:
         data = data[np.newaxis]
