@@ -142,9 +142,8 @@ def validate_segments(segments: Sequence[SegmentInfo], layers: int = 1) -> None:
     for seg in segments:
         if not isinstance(seg.name, str) or not seg.name.strip():
             raise ExportError(f"Segment with label {seg.label} has an empty name; name it.")
-        if any(ch in seg.name for ch in "\r\n\0|"):
-            raise ExportError(f"Segment name {seg.name!r} contains a line break or '|'; remove "
-                              "it.")
+        if any(ch in seg.name for ch in "\r\n\0"):
+            raise ExportError(f"Segment name {seg.name!r} contains a line break; remove it.")
         if (not isinstance(seg.label, int | np.integer) or isinstance(seg.label, bool)
                 or seg.label < 1):
             raise ExportError(

@@ -34,9 +34,9 @@ MaskMode = Literal["refine", "exact"]
 SliceIndex = Annotated[StrictInt, Field(ge=0)]
 Label = Annotated[StrictInt, Field(ge=1, le=65535)]
 Channel = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
-# a segment name: one line with a visible character, no '|' (Slicer's tag separator)
+# a segment name: one line with a visible character
 Name = Annotated[StrictStr, Field(min_length=1, max_length=256,
-                                  pattern=r"^[^\r\n\x00|]*\S[^\r\n\x00|]*$")]
+                                  pattern=r"^[^\r\n\x00]*\S[^\r\n\x00]*$")]
 
 
 class StrictModel(BaseModel):

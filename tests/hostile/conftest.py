@@ -107,16 +107,20 @@ def build_workspace(root: Path) -> Path:
     return root
 
 
+_RECORDED: dict = {}
+
+
 def write_recorded_seg(root: Path) -> Path:
-    """seg.seg.nrrd as `segment` writes it on root/dicom (the series recorded in it)."""
+    """seg.seg.nrrd as `segment` writes it on root/dicom (that series recorded in it)."""
     from sam2refine.image.reading import load_image
 
-    axial, uid = load_image(root / "dicom")
-    organ = (axial.voxels > 100).astype(np.uint8)
-    return write_seg_nrrd(root / "seg.seg.nrrd", axial.with_voxels(organ),
+    if "uid" not in _RECORDED:  # every workspace copy holds the same series
+        axial, uid = load_image(root / "dicom")
+        _RECORDED.update(uid=uid, grid=axial.with_voxels((axial.voxels > 100).astype(np.uint8)))
+    return write_seg_nrrd(root / "seg.seg.nrrd", _RECORDED["grid"],
                           [SegmentInfo("liver", 1, (0.8, 0.4, 0.3))],
                           fields={"SAM2Refine_SourceSeries": str((root / "dicom").resolve()),
-                                  "SAM2Refine_SourceSeriesInstanceUID": uid or ""})
+                                  "SAM2Refine_SourceSeriesInstanceUID": _RECORDED["uid"]})
 
 
 @pytest.fixture(scope="session")
