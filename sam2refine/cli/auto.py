@@ -77,6 +77,9 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
 
     volume, out = Path(args.volume), Path(args.out)
     labels = Path(args.prompts_from) if args.prompts_from else None
+    for given, what in ((volume, "Volume"), (labels, "Label file")):
+        if given is not None and not given.exists():  # before minutes of model loading
+            raise SAM2RefineError(f"{what} not found: {given}. Check the path.")
     save = Path(args.save_prompts) if args.save_prompts else None
     if volume.is_dir() and not any(volume.iterdir()):
         raise SAM2RefineError(f"{volume} is an empty folder; give a volume file, a DICOM series "

@@ -133,7 +133,7 @@ def prompts_dir(tmp_path_factory):
     return folder
 
 
-@settings(max_examples=2500, deadline=None, database=None,
+@settings(max_examples=2000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(document=documents)
 def test_prompts_file_never_ends_in_a_traceback(document, prompts_dir):
