@@ -31,6 +31,8 @@ _EXPORTS = {
     "SegmentInfo": "sam2refine.io.segmentation",
     "write_segmentation": "sam2refine.io.segmentation",
     "read_segmentation": "sam2refine.io.segmentation",
+    "read_segmentation_file": "sam2refine.io.segmentation",
+    "Segmentation": "sam2refine.io.segmentation",
     "export_dicom_seg": "sam2refine.io.dicomseg",
     "atomic_write": "sam2refine.io.atomic",
     "default_color": "sam2refine.io.colors",
@@ -91,7 +93,13 @@ if TYPE_CHECKING:
     from sam2refine.io.colors import default_color
     from sam2refine.io.dicomseg import export_dicom_seg
     from sam2refine.io.organ_names import organ_key
-    from sam2refine.io.segmentation import SegmentInfo, read_segmentation, write_segmentation
+    from sam2refine.io.segmentation import (
+        Segmentation,
+        SegmentInfo,
+        read_segmentation,
+        read_segmentation_file,
+        write_segmentation,
+    )
     from sam2refine.io.terminology import slicer_terminology
     from sam2refine.remote.client import Client, RemoteSession
     from sam2refine.remote.wire import ServerError, SessionNotFoundError

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from sam2refine.datasets.nnunet import read_label_file
-from sam2refine.errors import DatasetError, PromptGeneratorError
+from sam2refine.errors import DatasetError, PromptGeneratorError, VolumeError
 from sam2refine.image.labels import resample_to
 from sam2refine.image.volume import Volume
 from sam2refine.io.label_names import read_label_names
 from sam2refine.io.organ_names import organ_key
+from sam2refine.io.seg_nrrd import read_seg_nrrd_header
 from sam2refine.io.segmentation import read_seg_nrrd
 
 log = logging.getLogger("sam2refine")
@@ -197,7 +198,8 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
         found[case_id] = path
     if not found:
         raise DatasetError(
-            f"The {what} folder {folder} holds no label files ({', '.join(LABEL_SUFFIXES)})."
+            f"The {what} folder {folder} holds no label files ({', '.join(LABEL_SUFFIXES)}); "
+            "give the folder that holds them."
         )
     return found
 
@@ -213,15 +215,11 @@ def names_of(path: Path, fallback_names: Mapping[int, str] | None) -> dict[int, 
     """A label file's value -> name table without reading its voxels: a .seg.nrrd's segment
     names, else a ``<base>.labels.json`` next to it, else `fallback_names` (may be None)."""
     if path.name.lower().endswith(".seg.nrrd"):
-        import nrrd
-
-        try:
-            header = nrrd.read_header(str(path))
-        except Exception as exc:  # pynrrd raises assorted types for malformed headers
-            raise DatasetError(f"Cannot read the segmentation {path}: {exc}") from exc
-        keys = [k[: -len("_Name")] for k in header if k.startswith("Segment") and
-                k.endswith("_Name")]
-        return {int(header.get(f"{k}_LabelValue", 1)): str(header[f"{k}_Name"]) for k in keys}
+        try:  # the one .seg.nrrd reader: UTF-8 names, layers
+            segments, _ = read_seg_nrrd_header(path)
+        except VolumeError as exc:
+            raise DatasetError(str(exc)) from exc
+        return {int(s.label): s.name for s in segments}
     base = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
     sidecar = path.with_name(f"{base}.labels.json")
     if sidecar.is_file():

@@ -52,7 +52,8 @@ DICOM_SEG_REQUIREMENTS = (
     "pylibjpeg-openjpeg>=2.3,<3",
 )
 PROVIDED_BY_SLICER = ("SimpleITK",)  # Slicer's build has its own IO: never replaced
-SERVER_ONLY = ("fastapi", "uvicorn")  # `sam2refine serve` runs outside Slicer
+# Used outside Slicer only: `sam2refine serve`, and the prompts-file schema of the CLI (pydantic)
+SERVER_ONLY = ("fastapi", "uvicorn", "pydantic")
 LIGHT_THE_TORCH = "light-the-torch>=0.5"
 # distribution -> module it is imported as (for the restart check)
 _MODULES = {"pillow": "PIL", "hydra-core": "hydra", "pynrrd": "nrrd",

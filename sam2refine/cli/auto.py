@@ -16,6 +16,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from sam2refine.cli.options import add_model_arguments
+    from sam2refine.cli.values import non_negative_int
 
     auto = subparsers.add_parser(
         "auto", help="segment organs automatically (prompt source + SAM 2 refinement)")
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompts-from", metavar="LABELS",
                         help="label file (NIfTI, NRRD, .seg.nrrd) whose labels seed SAM 2; for "
                              "a folder of volumes, a folder of label files with the same names")
+    auto.add_argument("--series", metavar="UID",
+                      help="SeriesInstanceUID of the series to segment, when the DICOM folder "
+                           "holds several")
     auto.add_argument("--label-names", metavar="JSON",
                       help="names of the labels (labels.json or nnU-Net dataset.json); default: "
                            "the .seg.nrrd's segment names or a names file next to the labels")
@@ -39,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     auto.add_argument("--keep-stages", action="store_true",
                       help="also write the proposals and stage 1 as <out>.unet / <out>.stage1")
     auto.add_argument("--stages", type=int, default=2, choices=(1, 2))
-    auto.add_argument("--margin", type=int, default=3,
+    auto.add_argument("--margin", type=non_negative_int, default=3,
                       help="slices beyond each organ's proposed extent SAM 2 may fill")
     add_model_arguments(auto)
     auto.add_argument("--intensity", default="ct", help="ct, ct-<window> or mr (see segment)")
@@ -52,6 +56,7 @@ def _auto(args: argparse.Namespace) -> int:
     from sam2refine.cli.options import model_from_arguments
 
     jobs = _jobs(args)
+    _check_jobs(args, jobs)
     model = model_from_arguments(args)
     device = next(model.parameters()).device
     source = None
@@ -72,6 +77,9 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
 
     volume, out = Path(args.volume), Path(args.out)
     labels = Path(args.prompts_from) if args.prompts_from else None
+    for given, what in ((volume, "Volume"), (labels, "Label file")):
+        if given is not None and not given.exists():  # before minutes of model loading
+            raise SAM2RefineError(f"{what} not found: {given}. Check the path.")
     save = Path(args.save_prompts) if args.save_prompts else None
     if volume.is_dir() and not any(volume.iterdir()):
         raise SAM2RefineError(f"{volume} is an empty folder; give a volume file, a DICOM series "
@@ -92,6 +100,29 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path | None, Path, Path 
         jobs.append((path, label, out / f"{case}.seg.nrrd",
                      save / f"{case}.prompts.json" if save else None))
     return jobs
+
+
+def _check_jobs(args: argparse.Namespace, jobs: list) -> None:
+    """No output of any job may overwrite an input of any job (or another output)."""
+    from sam2refine.cli.outputs import check_outputs, segmentation_outputs
+    from sam2refine.io.label_names import sidecar_path
+
+    outputs: list[Path] = []
+    inputs: list[Path | str | None] = [args.label_names, args.prompt_generator,
+                                       args.checkpoint, args.adapters]
+    for volume_path, labels, out, prompts_out in jobs:
+        inputs += [volume_path, labels]
+        if labels is not None and not args.label_names:  # the names file read beside it
+            inputs.append(sidecar_path(labels))
+        outputs += segmentation_outputs(out)
+        if args.keep_stages:
+            for stage in ("unet", "stage1"):
+                outputs += segmentation_outputs(_stage_path(out, stage))
+        if prompts_out is not None:
+            proposals = prompts_out.with_name(
+                f"{prompts_out.name.removesuffix('.json')}.proposals.nii.gz")
+            outputs += [prompts_out, *segmentation_outputs(proposals)]
+    check_outputs(outputs, inputs)
 
 
 def _is_volume_file(path: Path) -> bool:
@@ -122,18 +153,17 @@ def _label_for(folder: Path, case: str) -> Path:
 def _one(args, model, source, volume_path: Path, out: Path, prompts_out: Path | None) -> None:
     from sam2refine.auto.pipeline import auto_segment, save_prompts
     from sam2refine.auto.sources import LabelFilePromptSource
-    from sam2refine.image.reading import load_volume
+    from sam2refine.cli.segment import source_fields
+    from sam2refine.image.reading import load_image
     from sam2refine.io.segmentation import write_segmentation
 
-    volume = load_volume(volume_path)
+    volume, series_uid = load_image(volume_path, series=args.series)
     if isinstance(source, Path):
         source = LabelFilePromptSource(source, args.label_names)
     organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
     result = auto_segment(model, volume, source, organs=organs, stages=args.stages,
                           margin=args.margin, intensity=args.intensity)
-    fields = {"SAM2Refine_AlgorithmType": "AUTOMATIC"}  # no person prompted
-    if volume_path.is_dir():  # remembered so that `export` finds the DICOM source
-        fields["SAM2Refine_SourceSeries"] = str(volume_path.expanduser().resolve())
+    fields = source_fields(volume_path, series_uid, "AUTOMATIC")  # no person prompted
     out.parent.mkdir(parents=True, exist_ok=True)
     segments = result.segments()
     written = write_segmentation(out, result.final.label_volume, segments, fields=fields)

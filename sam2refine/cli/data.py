@@ -9,14 +9,16 @@ log = logging.getLogger("sam2refine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from sam2refine.cli.values import positive_int
+
     cmd = subparsers.add_parser(
         "make-phantoms",
         help="write synthetic abdominal CT phantoms with organ labels (nnU-Net raw format)",
     )
     cmd.add_argument("out_dir", metavar="OUT_DIR", help="dataset folder to create")
-    cmd.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
+    cmd.add_argument("--cases", type=positive_int, default=10, help="number of cases (default 10)")
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    cmd.add_argument("--shape", type=int, nargs=3, metavar=("K", "J", "I"),
+    cmd.add_argument("--shape", type=positive_int, nargs=3, metavar=("K", "J", "I"),
                      help="voxels along k (slices), j (rows), i (columns); default 48 80 96")
     cmd.set_defaults(run=_make_phantoms)
 

@@ -29,9 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from sam2refine.cli.outputs import check_outputs
     from sam2refine.evaluate import evaluate_folders
     from sam2refine.io.atomic import atomic_write
 
+    check_outputs([args.out_csv, args.out_md], [args.pred_dir, args.gt_dir, args.dataset_json,
+                                                Path(args.gt_dir).parent / "dataset.json"])
     result = evaluate_folders(args.pred_dir, args.gt_dir, tolerance_mm=args.tolerance_mm,
                               dataset_json=args.dataset_json, allow_missing=args.allow_missing)
     table = result.to_markdown()

@@ -17,10 +17,20 @@ _COMMAND_MODULES = ("sam2refine.cli.segment", "sam2refine.cli.weights",
                     "sam2refine.cli.finetune", "sam2refine.cli.promptgen")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line, like every other error of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"sam2refine: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors become one line on stderr and exit status 2, never a traceback."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.run(args)
@@ -33,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sam2refine", description=__doc__)
+    parser = _Parser(prog="sam2refine", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     for module in _COMMAND_MODULES:

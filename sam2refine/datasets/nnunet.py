@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import SimpleITK as sitk
 
 from sam2refine.errors import DatasetError, VolumeError
+from sam2refine.image.labels import read_label_map
 from sam2refine.image.reading import load_volume
 from sam2refine.image.volume import Volume
 
@@ -299,24 +299,12 @@ def _test_cases(root: Path, ending: str, num_channels: int) -> list[DatasetCase]
 
 
 def read_label_file(path: str | Path) -> Volume:
-    """A label map file (NIfTI, NRRD, ...) as an integer Volume on its own grid."""
-    path = Path(path)
+    """A label map file (NIfTI, NRRD, ...) as an integer Volume on its own grid, read by the
+    engine's one label map reader (`image.labels.read_label_map`)."""
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DatasetError(f"Cannot read the label file {path}; it is damaged or not an "
-                           "image. Re-copy it.") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise DatasetError(f"The label file {path} is not a 3D label map (size "
-                           f"{image.GetSize()}).")
-    labels = Volume.from_sitk(image)
-    voxels = labels.voxels
-    if not np.issubdtype(voxels.dtype, np.integer):
-        if not np.all(np.isfinite(voxels)) or np.any(voxels != np.round(voxels)):
-            raise DatasetError(f"The label file {path} has non-integer values; it is not a "
-                               "label map.")
-        labels = labels.with_voxels(voxels.astype(np.int32))
-    return labels
+        return read_label_map(path)
+    except VolumeError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def _geometry_text(volume: Volume) -> str:

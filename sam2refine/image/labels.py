@@ -9,7 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from sam2refine.errors import VolumeError
-from sam2refine.image.reading import as_3d_scalar, check_geometry, read_image
+from sam2refine.image.checks import check_geometry
+from sam2refine.image.reading import as_3d_scalar, read_image
 from sam2refine.image.volume import Volume, set_geometry
 
 _INTEGER_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64)
@@ -91,14 +92,25 @@ def _extent_text(volume: Volume) -> str:
     return "LPS " + " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(low, high)) + " mm"
 
 
+def read_label_map(path: str | Path) -> Volume:
+    """A label map file (NIfTI, NRRD, MetaImage) as an integer `Volume` on its own grid.
+
+    The one reader of label map files: the same completeness, NaN, dimension, geometry and
+    integer checks for every command, so a damaged label file gets one verdict everywhere.
+    (.seg.nrrd files, with segment names and layers, are read by `io.segmentation`.)
+    """
+    image, path = read_image(path)
+    image = as_3d_scalar(image, path, "a label map", allow_thin=True)
+    label = Volume.from_sitk(image)
+    check_geometry(label, f"The label file {path}")
+    return label.with_voxels(_integer_labels(label.voxels, f"The label file {path}"))
+
+
 def load_label_volume(path: str | Path, reference: Volume) -> Volume:
     """Read a label map (any grid) and resample it onto `reference`'s voxel grid.
 
     The file must hold a 3D scalar image with integer values; it is matched to the reference
     in patient space, so label maps stored with another orientation line up correctly.
     """
-    image, path = read_image(path)
-    image = as_3d_scalar(image, path, "a label map", allow_thin=True)
-    label = Volume.from_sitk(image)
-    check_geometry(label, path)
-    return resample_to(label, reference, source=f"The label file {path}")
+    path = Path(path).expanduser()
+    return resample_to(read_label_map(path), reference, source=f"The label file {path}")

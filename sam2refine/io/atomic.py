@@ -37,9 +37,10 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> Path:
     """Write ``path`` via ``write_fn(temp_path)`` then rename it into place; returns ``path``.
 
-    The temporary file sits next to the destination and keeps its suffix (writers choose the
-    format from it). If anything fails the temporary file is removed, the exception propagates,
-    and an existing destination is left exactly as it was.
+    The temporary file sits next to the destination and keeps its suffix in lower case
+    (writers choose the format from it). If anything fails the temporary file is removed, the
+    exception propagates (an OSError as `ExportError`), and an existing destination is left
+    exactly as it was.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -55,6 +56,7 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> Path:
         raise ExportError(f"Cannot overwrite {path}: the file is read-only.")
 
     base, suffix = split_suffix(path)
+    suffix = suffix.lower()  # writers pick the format from it; "o.NII.GZ" is still NIfTI
     tmp = parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
     while tmp.exists():
         tmp = parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
@@ -67,6 +69,10 @@ def atomic_write(path: Path, write_fn: Callable[[Path], None]) -> Path:
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, a vanished folder: one line, the old file kept
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"Writing {path} failed ({exc.strerror or exc}); nothing was "
+                          "replaced. Free some space or choose another folder.") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sam2refine.errors import ExportError
+from sam2refine.errors import ExportError, VolumeError
+from sam2refine.image.dicom_series import DicomSeries, select_series
 from sam2refine.image.volume import Volume
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
 # Type 2 attributes highdicom copies from the source; absent ones are added empty (allowed).
 _TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                  "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
-_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
 
 @dataclass(eq=False)
@@ -92,33 +92,6 @@ def _valid_uid(value: object) -> bool:
     return bool(value) and UID(str(value)).is_valid
 
 
-def _read_headers(folder: Path) -> list[Dataset]:
-    """Single-frame images with geometry; other files (SEG, SR, notes ...) are skipped."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    datasets, multiframe = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue  # not DICOM (notes, thumbnails, DICOMDIR fragments ...)
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            multiframe.append(path)
-        elif all(k in ds for k in _GEOMETRY):
-            datasets.append(ds)
-    if not datasets and multiframe:
-        raise ExportError(
-            f"{multiframe[0]} is a multi-frame (enhanced) image; DICOM-SEG export supports "
-            "series of single-frame images. Convert the series to classic images first."
-        )
-    if not datasets:
-        hint = (" It has subfolders: choose the folder that directly contains the DICOM files."
-                if any(p.is_dir() for p in folder.iterdir()) else "")
-        raise ExportError(f"No DICOM images with position and orientation in {folder}.{hint}")
-    return datasets
-
-
 def _missing_uid_message(folder: Path, missing: dict[str, int], total: int,
                          recovered: list[str]) -> str:
     names = list(missing)
@@ -173,56 +146,31 @@ def _check_references(folder: Path, datasets: list[Dataset]) -> list[str]:
             for name, count in recovered.items()]
 
 
-def _sorted_geometry(folder: Path, datasets: list[Dataset]) -> tuple:
-    first = datasets[0]
+def _grid(series: DicomSeries) -> tuple:
+    """(spacing, origin, direction) of a checked, sorted series (`image.dicom_series`)."""
+    first = series.datasets[0]
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     row, col = iop[:3], iop[3:]
-    for ds in datasets:
-        if (int(ds.Rows), int(ds.Columns)) != (int(first.Rows), int(first.Columns)) or not (
-            np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4)
-            and np.allclose(np.asarray(ds.PixelSpacing, dtype=float),
-                            np.asarray(first.PixelSpacing, dtype=float), rtol=1e-4)
-        ):
-            raise ExportError(
-                f"The images in {folder} differ in size, orientation or pixel spacing (e.g. a "
-                "scout or a reformat mixed into the series); give a folder with one volume."
-            )
-    normal = np.cross(row, col)
-    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in datasets])
-    order = np.argsort(positions @ normal, kind="stable")
-    datasets = [datasets[n] for n in order]
-    positions = positions[order]
     pixel = np.asarray(first.PixelSpacing, dtype=float)  # [between rows, between columns]
-    if len(datasets) > 1:
-        gaps = np.diff(positions @ normal)
-        if gaps.min() < 1e-3:
-            raise ExportError(
-                f"Two images in {folder} lie at the same position: the folder holds more than "
-                "one volume (e.g. several contrast phases in one series). Separate them."
-            )
-        step = (positions[-1] - positions[0]) / (len(datasets) - 1)
-        expected = positions[0] + np.arange(len(datasets))[:, None] * step
-        if np.abs(positions - expected).max() > max(1e-3, 0.01 * np.linalg.norm(step)):
-            raise ExportError(
-                f"The slices in {folder} are not evenly spaced (gaps {gaps.min():.3g} to "
-                f"{gaps.max():.3g} mm; a slice may be missing). A DICOM-SEG export needs the "
-                "complete series: retrieve it again."
-            )
+    positions = series.positions
+    if len(positions) > 1:
+        step = (positions[-1] - positions[0]) / (len(positions) - 1)
         spacing_k = float(np.linalg.norm(step))
         axis_k = step / spacing_k
     else:
         spacing_k = float(first.get("SliceThickness") or 1.0)
-        axis_k = normal
+        axis_k = np.cross(row, col)
     spacing = (float(pixel[1]), float(pixel[0]), spacing_k)
-    direction = np.column_stack([row, col, axis_k])
-    return datasets, spacing, tuple(float(v) for v in positions[0]), direction
+    return spacing, tuple(float(v) for v in positions[0]), np.column_stack([row, col, axis_k])
 
 
-def read_reference_series(folder: str | Path) -> ReferenceSeries:
+def read_reference_series(folder: str | Path, series_uid: str | None = None) -> ReferenceSeries:
     """Read a DICOM series folder (headers only) as the reference of a DICOM-SEG.
 
-    Keeps the largest series when the folder holds several; raises `ExportError` naming the
-    missing UIDs when the series cannot be referenced (see the module docstring).
+    The series is chosen and checked as loading a volume does (`image.dicom_series`): a
+    folder with several image series needs `series_uid`; raises `ExportError` naming the
+    problem, or the missing UIDs when the series cannot be referenced (see the module
+    docstring).
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -230,14 +178,16 @@ def read_reference_series(folder: str | Path) -> ReferenceSeries:
             f"Reference series folder not found: {folder}. Give the folder that contains the "
             "DICOM files of the series the segmentation was made on."
         )
-    datasets = _read_headers(folder)
-    groups: dict[str, list[Dataset]] = {}
-    for ds in datasets:
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append(ds)
-    if len(groups) > 1:
-        log.info("%s holds %d series; using the largest (%d images), as loading does.",
-                 folder, len(groups), max(len(g) for g in groups.values()))
-    datasets = max(groups.values(), key=len)
+    try:
+        series = select_series(folder, series_uid)
+    except VolumeError as exc:
+        raise ExportError(f"Cannot use {folder} as the reference series: {exc}") from exc
+    if series.multiframe:
+        raise ExportError(
+            f"{series.files[0]} is a multi-frame (enhanced) image; DICOM-SEG export supports "
+            "series of single-frame images. Convert the series to classic images first."
+        )
+    datasets = series.datasets
     recovered = _check_references(folder, datasets)
     for note in recovered:
         log.info("Reference series: %s.", note)
@@ -245,7 +195,7 @@ def read_reference_series(folder: str | Path) -> ReferenceSeries:
         for keyword in _TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    datasets, spacing, origin, direction = _sorted_geometry(folder, datasets)
+    spacing, origin, direction = _grid(series)
     return ReferenceSeries(folder, datasets, spacing, origin, direction, recovered)
 
 
@@ -274,10 +224,13 @@ def _mismatch(labelmap: Volume, ref: ReferenceSeries, details: list[str]) -> Exp
 
 
 def map_to_reference(labelmap: Volume, ref: ReferenceSeries) -> np.ndarray:
-    """The labelmap's voxels as the series' [slice, row, column] array (a view, no copy).
+    """The labelmap's voxels as the series' [slice, row, column] array.
 
-    The two grids must coincide in patient space (same voxel centres within 1% of a voxel);
-    axis order and direction may differ. Otherwise `ExportError` names the mismatch.
+    The labelmap must lie on the series grid in patient space (voxel centres on the series'
+    voxel centres within 1% of a voxel); axis order and direction may differ, and it may
+    cover part of the grid only (Slicer saves segmentations cropped to their extent), the
+    rest being background. A labelled voxel outside the series, or any other grid, raises
+    `ExportError` naming the mismatch.
     """
     grid = ref.grid
     cosines = labelmap.direction.T @ grid.direction  # [labelmap axis, reference axis]
@@ -286,28 +239,38 @@ def map_to_reference(labelmap: Volume, ref: ReferenceSeries) -> np.ndarray:
         raise _mismatch(labelmap, ref, [
             f"its orientation differs (voxel axes {_axis_letters(labelmap.direction)} vs "
             f"{_axis_letters(grid.direction)} in the series)"])
-    details = []
-    shape = [labelmap.shape_ijk[b] for b in axes]
     spacing = [labelmap.spacing[b] for b in axes]
-    if shape != list(grid.shape_ijk):
-        details.append(f"size {_fmt(shape)} voxels vs {_fmt(grid.shape_ijk)} in the series")
     if not np.allclose(spacing, grid.spacing, rtol=1e-3, atol=1e-4):
-        details.append(f"voxel size {_fmt(spacing)} mm vs {_fmt(grid.spacing)} mm")
-    if details:
-        raise _mismatch(labelmap, ref, details)
+        raise _mismatch(labelmap, ref, [f"voxel size {_fmt(spacing)} mm vs "
+                                        f"{_fmt(grid.spacing)} mm"])
     signs = [1 if cosines[b, a] > 0 else -1 for a, b in enumerate(axes)]
-    corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=float)
-    corners *= np.asarray(grid.shape_ijk) - 1
-    mapped = np.zeros_like(corners)
-    for a, b in enumerate(axes):
-        n = grid.shape_ijk[a] - 1
-        mapped[:, b] = corners[:, a] if signs[a] > 0 else n - corners[:, a]
-    offset = np.linalg.norm(grid.index_to_lps(corners) - labelmap.index_to_lps(mapped), axis=1)
-    if offset.max() > max(1e-3, 0.01 * min(grid.spacing)):
-        raise _mismatch(labelmap, ref, [
-            f"its voxels are displaced by up to {offset.max():.3g} mm (first voxel at LPS "
-            f"{_fmt(labelmap.index_to_lps(mapped[0]))} mm where the series has "
-            f"{_fmt(grid.origin)} mm)"])
     view = np.asarray(labelmap.voxels).transpose(2, 1, 0).transpose(axes)  # reference [i, j, k]
-    flips = tuple(slice(None, None, s) for s in signs)
-    return view[flips].transpose(2, 1, 0)
+    view = view[tuple(slice(None, None, s) for s in signs)]
+    # the first voxel of `view` (labelmap index of that corner) in reference voxel indices
+    corner = [0 if signs[a] > 0 else labelmap.shape_ijk[b] - 1 for a, b in enumerate(axes)]
+    first = np.zeros(3)
+    first[axes] = corner
+    start = grid.lps_to_index(labelmap.index_to_lps(first))
+    offset = np.round(start).astype(int)
+    shift_mm = np.abs(start - offset) * np.asarray(grid.spacing)
+    if shift_mm.max() > max(1e-3, 0.01 * min(grid.spacing)):
+        raise _mismatch(labelmap, ref, [
+            f"its voxels are displaced by {shift_mm.max():.3g} mm from the series' voxel "
+            f"centres (first voxel at LPS {_fmt(labelmap.index_to_lps(first))} mm)"])
+    size = np.asarray(grid.shape_ijk)
+    if np.array_equal(offset, 0) and view.shape == tuple(size):
+        return view.transpose(2, 1, 0)  # the same grid: a view, no copy
+    low = np.maximum(offset, 0)
+    high = np.minimum(offset + np.asarray(view.shape), size)
+    inside = tuple(slice(lo - o, hi - o) for lo, hi, o in zip(low, high, offset))
+    kept = view[inside] if np.all(high > low) else view[:0, :0, :0]
+    total = int(np.count_nonzero(view))
+    if int(np.count_nonzero(kept)) != total:
+        raise _mismatch(labelmap, ref, [
+            f"{total - int(np.count_nonzero(kept))} labelled voxel(s) lie outside the series "
+            f"(size {_fmt(view.shape)} voxels starting at series voxel {_fmt(offset)}; the "
+            f"series has {_fmt(size)})"])
+    out = np.zeros(tuple(size), dtype=view.dtype)
+    if kept.size:
+        out[tuple(slice(lo, hi) for lo, hi in zip(low, high))] = kept
+    return out.transpose(2, 1, 0)

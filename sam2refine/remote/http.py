@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, StrictInt, StrictStr
+from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sam2refine.errors import SAM2RefineError
@@ -22,55 +22,70 @@ from sam2refine.remote.wire import (
     error_body,
     status_for,
 )
+from sam2refine.sam.prompts_schema import StrictModel, describe_errors
 
 log = logging.getLogger("sam2refine.remote.server")
+# Bodies are checked as data like the prompts file (`sam.prompts_schema`): unknown keys are
+# refused with the nearest known one and numbers are never taken from strings or booleans.
+# What a `Session` checks itself (finite coordinates, labels 0/1, slices in range, modes)
+# is left to it, so a remote session answers exactly what a local one raises.
 ObjRef = StrictInt | StrictStr  # an object id (int) or name (str), as in Session
+Triple = list[StrictFloat]
 
 
-class NewObject(BaseModel):
-    name: str
-    obj_id: int | None = None
+class NewObject(StrictModel):
+    name: StrictStr
+    obj_id: StrictInt | None = None
 
 
-class ObjectRef(BaseModel):
+class ObjectRef(StrictModel):
     obj: ObjRef
 
 
 class LockBody(ObjectRef):
-    locked: bool = True
+    locked: StrictBool = True
 
 
 class PointsBody(ObjectRef):
-    points: list[list[float]]
-    labels: list[int]
-    coords: str = "ijk"
+    points: list[Triple]
+    labels: list[StrictInt]
+    coords: StrictStr = "ijk"
 
 
 class BoxBody(ObjectRef):
-    corner_a: list[float]
-    corner_b: list[float]
-    coords: str = "ijk"
-    frame: int | None = None
+    corner_a: Triple
+    corner_b: Triple
+    coords: StrictStr = "ijk"
+    frame: StrictInt | None = None
 
 
 class FrameBody(ObjectRef):
-    frame: int
+    frame: StrictInt
 
 
 class MaskBody(FrameBody):
     mask: dict[str, Any]
-    mode: str = "refine"
+    mode: StrictStr = "refine"
 
 
 class MaskVolumeBody(ObjectRef):
     mask: dict[str, Any]
-    frames: list[int] | None = None
-    mode: str = "refine"
+    frames: list[StrictInt] | None = None
+    mode: StrictStr = "refine"
 
 
-class PropagateBody(BaseModel):
+class PropagateBody(StrictModel):
     objects: list[ObjRef] | None = None
-    frame_range: tuple[int, int] | None = None
+    frame_range: tuple[StrictInt, StrictInt] | None = None
+
+
+# The body model of each route, by the last part of its path (for "did you mean" hints).
+BODY_MODELS: dict[str, type[StrictModel]] = {
+    "add_object": NewObject, "object": ObjectRef, "remove_object": ObjectRef,
+    "set_locked": LockBody, "add_points": PointsBody, "set_box": BoxBody,
+    "set_mask": MaskBody, "set_mask_volume": MaskVolumeBody, "clear_prompts": FrameBody,
+    "slice_mask": FrameBody, "object_mask": ObjectRef, "propagate": PropagateBody,
+}
 
 
 # ----- checks and errors --------------------------------------------------------------------
@@ -87,7 +102,8 @@ def auth_dependency(token: str | None) -> Callable[..., Awaitable[None]]:
             raise AuthError(
                 "This server needs its access token: send 'Authorization: Bearer <token>' "
                 "(in Slicer, enter the token the server was started with)."
-                if not authorization else "Wrong access token for this server."
+                if not authorization else "Wrong access token for this server; use the token "
+                "it was started with (--token or $SAM2REFINE_TOKEN)."
             )
     return check
 
@@ -138,18 +154,26 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc), status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
-                 for e in exc.errors()[:5]]
-        error = RequestError("Malformed request: " + "; ".join(parts) +
-                             ". Check that the client and server versions match.")
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{**e, "loc": tuple(e.get("loc", ()))[1:]} if tuple(e.get("loc", ()))[:1] in (
+            ("body",), ("query",)) else e for e in exc.errors()]
+        model = BODY_MODELS.get(request.url.path.rstrip("/").rsplit("/", 1)[-1])
+        error = RequestError(f"Malformed request to {request.url.path}: "
+                             f"{describe_errors(errors, model, exc.body)}. Check the request, "
+                             "and that the client and server versions match.")
         return JSONResponse(error_body(error), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = (f"No endpoint {request.method} {request.url.path} on this server; check "
-                   "the URL and that the client and server versions match."
-                   if exc.status_code in (404, 405) else str(exc.detail))
+        if exc.status_code in (404, 405):
+            message = (f"No endpoint {request.method} {request.url.path} on this server; "
+                       "check the URL and that the client and server versions match.")
+        elif exc.status_code == 400:
+            message = (f"The request body of {request.url.path} cannot be parsed ({exc.detail}; "
+                       "malformed or too deeply nested JSON, or not UTF-8); send JSON as the "
+                       "client does.")
+        else:
+            message = str(exc.detail)
         return JSONResponse(error_body(RequestError(message)), exc.status_code)
 
     @app.exception_handler(Exception)

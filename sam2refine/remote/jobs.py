@@ -210,7 +210,8 @@ class Engine:
         if job is None:
             raise JobNotFoundError(
                 f"No propagation job '{job_id}' in this session (finished jobs are kept "
-                f"for the last {_KEEP_FINISHED_JOBS} runs only)."
+                f"for the last {_KEEP_FINISHED_JOBS} runs only); start a new one with "
+                "propagate."
             )
         return job
 

@@ -30,9 +30,9 @@ from sam2refine.remote.jobs import Engine
 from sam2refine.remote.wire import (
     decode_mask,
     encode_mask,
+    image_from_bytes,
     object_info_to_json,
     slice_result_to_json,
-    volume_from_bytes,
     volume_to_bytes,
 )
 
@@ -51,7 +51,7 @@ def session_routes(engine: Engine, model: Any, token: str | None, max_upload_byt
                            intensity: str = "ct") -> dict:
         engine.check_room()
         data = await read_body(request, max_upload_bytes)
-        volume = await asyncio.to_thread(volume_from_bytes, data, max_volume_bytes)
+        volume = await asyncio.to_thread(image_from_bytes, data, max_volume_bytes)
         session = await asyncio.to_thread(Session, model, volume, axis, intensity)
         record = engine.add(session)
         log.info("Session %s opened: %s, %d %s slices", record.session_id[:6],
@@ -156,6 +156,7 @@ def session_routes(engine: Engine, model: Any, token: str | None, max_upload_byt
     @api.post("/sessions/{sid}/propagate", status_code=202)
     async def propagate(sid: str, body: PropagateBody) -> dict:
         record = engine.get(sid)
+        record.session.geometry.frame_range(body.frame_range)  # a bad range: 422 now, no job
         return engine.start_propagation(record, body.objects, body.frame_range).to_json()
 
     @api.get("/sessions/{sid}/jobs/{job_id}")

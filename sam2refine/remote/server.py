@@ -117,11 +117,12 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
         sock.listen(128)
         return sock
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port over 65535
         sock.close()
+        reason = getattr(exc, "strerror", None) or exc
         raise SAM2RefineError(
-            f"Cannot listen on {host}:{port} ({exc.strerror or exc}). Another server may use "
-            "that port: choose another with --port, or stop the other one."
+            f"Cannot listen on {host}:{port} ({reason}). Another server may use that port: "
+            "choose another with --port (1 to 65535), or stop the other one."
         ) from exc
 
 

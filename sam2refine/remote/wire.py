@@ -124,14 +124,16 @@ def decode_mask(payload: object, max_voxels: int = 1 << 34) -> np.ndarray:
             raise ValueError("unsupported encoding, dtype or shape")
         count = math.prod(shape)
         if count > max_voxels:
-            raise UploadTooLargeError(f"A mask of shape {shape} is larger than allowed.")
+            raise UploadTooLargeError(f"A mask of shape {shape} is larger than allowed; send a "
+                                      "mask on the session's slices or image grid.")
         inflater = zlib.decompressobj()
         raw = inflater.decompress(base64.b64decode(payload["data"], validate=True),
                                   (count + 7) // 8)
         if len(raw) != (count + 7) // 8 or inflater.unconsumed_tail:
             raise ValueError(f"{len(raw)} packed bytes do not fit shape {shape}")
     except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as exc:
-        raise RequestError(f"Malformed mask in the request ({exc}).") from exc
+        raise RequestError(f"Malformed mask in the request ({exc}); send masks encoded as "
+                           "sam2refine.remote.wire.encode_mask does.") from exc
     bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=count)
     return bits.astype(bool).reshape(shape)
 
@@ -155,7 +157,8 @@ def unpack_arrays(data: bytes, names: tuple[str, ...], max_bytes: int) -> dict[s
             infos = {info.filename: info for info in zf.infolist()}
             missing = [n for n in names if f"{n}.npy" not in infos]
             if missing:
-                raise RequestError(f"The upload lacks {', '.join(missing)}.")
+                raise RequestError(f"The upload lacks {', '.join(missing)}; send the volume as "
+                                   "sam2refine.remote.wire.volume_to_bytes packs it.")
             total = sum(infos[f"{n}.npy"].file_size for n in names)
             if total > max_bytes:
                 raise UploadTooLargeError(
@@ -169,7 +172,8 @@ def unpack_arrays(data: bytes, names: tuple[str, ...], max_bytes: int) -> dict[s
                     arrays[n] = np.lib.format.read_array(member, allow_pickle=False)
             return arrays
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise RequestError(f"The uploaded volume is not a valid .npz archive ({exc}).") from exc
+        raise RequestError(f"The uploaded volume is not a valid .npz archive ({exc}); send it "
+                           "as sam2refine.remote.wire.volume_to_bytes packs it.") from exc
 
 
 def volume_to_bytes(volume: Volume) -> bytes:
@@ -190,10 +194,26 @@ def volume_from_bytes(data: bytes, max_bytes: int) -> Volume:
         raise VolumeError(f"The uploaded voxels are {voxels.dtype}; send integers or floats.")
     if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
         raise VolumeError("The uploaded volume has NaN or infinite voxels; fix the image first.")
+    for name in ("spacing", "origin", "direction"):
+        if not (np.issubdtype(arrays[name].dtype, np.integer)
+                or np.issubdtype(arrays[name].dtype, np.floating)):
+            raise VolumeError(f"The uploaded {name} is {arrays[name].dtype}; send numbers.")
     try:
         return Volume(voxels, arrays["spacing"], arrays["origin"], arrays["direction"])
     except ValueError as exc:
-        raise VolumeError(f"The uploaded geometry is malformed ({exc}).") from exc
+        raise VolumeError(f"The uploaded geometry is malformed ({exc}); send 3 spacings, 3 "
+                          "origin coordinates and a 3x3 direction.") from exc
+
+
+def image_from_bytes(data: bytes, max_bytes: int) -> Volume:
+    """An uploaded image to segment: `volume_from_bytes`, then the checks every image passes
+    (`image.checks.check_image`: geometry, several slices, finite, not constant), so the
+    server refuses what `segment` refuses, with the same words."""
+    from sam2refine.image.checks import check_image
+
+    volume = volume_from_bytes(data, max_bytes)
+    check_image(volume, "The uploaded volume")
+    return volume
 
 
 # ----- results -----------------------------------------------------------------------------

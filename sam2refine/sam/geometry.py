@@ -97,7 +97,7 @@ class PromptGeometry:
         if not 0 <= int(frame) < self.stack.num_frames:
             raise PromptError(
                 f"Slice {frame} is outside the volume: there are {self.stack.num_frames} "
-                f"{self.stack.axis} slices (0..{self.stack.num_frames - 1})."
+                f"{self.stack.axis} slices; give one from 0 to {self.stack.num_frames - 1}."
             )
 
     def frame_range(self, frame_range: tuple[int, int] | None) -> tuple[int, int]:

@@ -13,11 +13,13 @@
       "range": [0, 29]                           # optional: propagate only over these slices
     }
 
-A segment may have its own "range" (first and last slice), which overrides the file's for it.
+A segment may have its own "range" (first and last slice), which overrides the file's for it,
+and its own "coordinates". A box whose corners lie on different slices names its "slice".
 
-Relative mask paths are relative to the JSON file. A mask file is any label volume (any grid:
-it is resampled onto the image in physical space); `slices` default to the slice where the
-mask is largest.
+The file is validated as data against one schema (`sam.prompts_schema`) before anything
+runs; errors name the path of the bad field. Relative mask paths are relative to the JSON
+file. A mask file is any label volume or .seg.nrrd (any grid: it is resampled onto the image
+in physical space); `slices` default to the slice where the mask is largest.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sam2refine.errors import PromptError
-from sam2refine.image.labels import load_label_volume
+import numpy as np
+
+from sam2refine.errors import PromptError, SAM2RefineError
+from sam2refine.image.labels import resample_to
+from sam2refine.image.volume import Volume
+from sam2refine.io.segmentation import read_segmentation_file
+from sam2refine.sam.prompts_schema import validate_prompts
 from sam2refine.sam.session import Session
+
+_README = "See the prompts format in the README."
 
 
 @dataclass
@@ -48,73 +57,101 @@ class PromptsFile:
     segments: list[SegmentPrompts]
     frame_range: tuple[int, int] | None
     base_dir: Path
+    # (segment index, mask index) -> that mask on the image grid, from `check_against`
+    resolved: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def mask_files(self) -> list[Path]:
+        """Every mask file the prompts read (inputs a command must never overwrite)."""
+        return [_mask_path(spec, self.base_dir) for seg in self.segments for spec in seg.masks]
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise PromptError(f"the key {twice!r} appears twice in one object; keep one")
+    return dict(pairs)
 
 
 def read_prompts(path: str | Path) -> PromptsFile:
-    """Parse and check a prompts JSON file; errors name the segment and the field."""
-    path = Path(path)
+    """Parse and validate a prompts JSON file; errors name the path of the bad field."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise PromptError(f"Prompts file not found: {path}.")
+        what = "is a folder" if path.is_dir() else "not found"
+        raise PromptError(f"Prompts file {what}: {path}. Give the prompts JSON file.")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PromptError(f"Prompts file {path} is not valid JSON: {exc}.") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
-        raise PromptError(f"{path} needs a top-level object with a 'segments' list.")
-    default_coords = data.get("coordinates", "ijk")
-    segments = [_segment(s, default_coords, i) for i, s in enumerate(data["segments"])]
-    if not segments:
-        raise PromptError(f"{path} has no segments to segment.")
-    rng = data.get("range")
-    return PromptsFile(segments, tuple(rng) if rng else None, path.parent)
-
-
-def _segment(raw: dict, default_coords: str, index: int) -> SegmentPrompts:
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise PromptError(f"Segment #{index + 1} needs a 'name'.")
-    name = raw["name"]
-    seg = SegmentPrompts(name, raw.get("label"), _color(raw.get("color"), name),
-                         raw.get("coordinates", default_coords))
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"Prompts file {path} is not UTF-8 text; save it as UTF-8 JSON.") from exc
+    except OSError as exc:
+        raise PromptError(f"Cannot read the prompts file {path}: {exc.strerror or exc}.") from exc
     try:
-        for p in raw.get("points", []):
-            seg.points.append((list(p["position"]), 1 if p.get("positive", True) else 0))
-        for b in raw.get("boxes", []):
-            a, c = b["corners"]
-            seg.boxes.append((list(a), list(c), b.get("slice")))
-        seg.masks = [dict(m) for m in raw.get("masks", [])]
-        if raw.get("range") is not None:
-            first, last = raw["range"]
-            seg.frame_range = (int(first), int(last))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PromptError(f"Segment '{name}': malformed prompt ({exc!r}); see the README.") from exc
-    if not (seg.points or seg.boxes or seg.masks):
-        raise PromptError(f"Segment '{name}' has no points, boxes or masks.")
-    if any("file" not in m for m in seg.masks):
-        raise PromptError(f"Segment '{name}': every mask needs a 'file'.")
-    return seg
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except PromptError as exc:
+        raise PromptError(f"Prompts file {path}: {exc}. {_README}") from exc
+    except RecursionError as exc:
+        raise PromptError(f"Prompts file {path} is not valid JSON: it is nested too deeply. "
+                          f"Fix the file. {_README}") from exc
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise PromptError(f"Prompts file {path} is not valid JSON ({exc}); fix the file (a "
+                          f"JSON checker shows where). {_README}") from exc
+    document, problem = validate_prompts(data)
+    if document is None:
+        raise PromptError(f"Prompts file {path}: {problem}. {_README}")
+    segments = []
+    for seg in document.segments:
+        prompts = SegmentPrompts(seg.name, seg.label, seg.color,
+                                 seg.coordinates or document.coordinates)
+        prompts.points = [(list(p.position), 1 if p.positive else 0) for p in seg.points]
+        prompts.boxes = [(list(b.corners[0]), list(b.corners[1]), b.slice) for b in seg.boxes]
+        prompts.masks = [m.model_dump(exclude_none=True) for m in seg.masks]
+        prompts.frame_range = seg.range
+        segments.append(prompts)
+    return PromptsFile(segments, document.range, path.parent)
 
 
-def _color(raw: object, name: str) -> tuple[float, float, float] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or len(raw) != 3:
-        raise PromptError(f"Segment '{name}': color must be [r, g, b] in 0..1.")
-    return (float(raw[0]), float(raw[1]), float(raw[2]))
+def check_against(prompts: PromptsFile, volume: Volume, num_frames: int) -> None:
+    """Check the prompts against the image before any model work: slice ranges and mask
+    slices inside the volume, every mask file readable, on this image and not empty. The
+    masks are kept resampled onto the image for `apply_prompts`."""
+    last = num_frames - 1
+    ranges = [("range", prompts.frame_range)] + [
+        (f"range of segment {s.name!r}", s.frame_range) for s in prompts.segments]
+    for what, rng in ranges:
+        if rng is not None and rng[1] > last:
+            raise PromptError(f"The prompts' {what} [{rng[0]}, {rng[1]}] goes past the last "
+                              f"slice ({last}); give slices 0 to {last}.")
+    for n, seg in enumerate(prompts.segments):
+        for *_, frame in seg.boxes:
+            if frame is not None and frame > last:
+                raise PromptError(f"Segment {seg.name!r}: box slice {frame} is past the last "
+                                  f"slice ({last}); give slices 0 to {last}.")
+        for m, spec in enumerate(seg.masks):
+            try:
+                prompts.resolved[(n, m)] = _mask_on(volume, spec, prompts.base_dir, last)
+            except PromptError as exc:
+                raise PromptError(f"Segment {seg.name!r}: {exc}") from exc
 
 
 def apply_prompts(session: Session, prompts: PromptsFile) -> list[int]:
     """Create the segments in `session` and give it their prompts; returns the object ids."""
+    if any(seg.masks for seg in prompts.segments) and not prompts.resolved:
+        check_against(prompts, session.volume, session.num_frames)
     ids = []
-    for seg in prompts.segments:
+    for n, seg in enumerate(prompts.segments):
         obj = session.add_object(seg.name, seg.label)
         ids.append(obj)
-        for a, b, frame in seg.boxes:
-            session.set_box(obj, a, b, seg.coordinates, frame)
-        if seg.points:
-            session.add_points(obj, [p for p, _ in seg.points], [v for _, v in seg.points],
-                               seg.coordinates)
-        for spec in seg.masks:
-            _apply_mask(session, obj, spec, prompts.base_dir)
+        try:
+            for a, b, frame in seg.boxes:
+                session.set_box(obj, a, b, seg.coordinates, frame)
+            if seg.points:
+                session.add_points(obj, [p for p, _ in seg.points], [v for _, v in seg.points],
+                                   seg.coordinates)
+            for m, spec in enumerate(seg.masks):
+                session.set_mask_volume(obj, prompts.resolved[(n, m)], spec.get("slices"),
+                                        spec.get("mode", "refine"))
+        except PromptError as exc:
+            raise PromptError(f"Segment {seg.name!r}: {exc}") from exc
     return ids
 
 
@@ -128,13 +165,35 @@ def propagation_groups(ids: list[int], prompts: PromptsFile
     return [(objs, rng) for rng, objs in groups.items()]
 
 
-def _apply_mask(session: Session, obj: int, spec: dict, base_dir: Path) -> None:
-    path = Path(spec["file"])
-    path = path if path.is_absolute() else base_dir / path
-    labels = load_label_volume(path, session.volume)
+def _mask_path(spec: dict, base_dir: Path) -> Path:
+    path = Path(spec["file"]).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _mask_on(volume: Volume, spec: dict, base_dir: Path, last: int) -> np.ndarray:
+    """A mask prompt as a [k, j, i] bool array on the image grid."""
+    path = _mask_path(spec, base_dir)
+    slices = spec.get("slices")
+    if slices is not None and max(slices) > last:
+        raise PromptError(f"mask {path.name}: slice {max(slices)} is past the last slice "
+                          f"({last}); give slices 0 to {last}.")
+    try:
+        segmentation = read_segmentation_file(path)
+    except SAM2RefineError as exc:
+        raise PromptError(f"mask file: {exc}") from exc
     value = spec.get("value")
-    mask = labels.voxels > 0 if value is None else labels.voxels == int(value)
-    if not mask.any():
+    if value is None:
+        mask = np.any([np.asarray(layer.voxels) > 0 for layer in segmentation.layers], axis=0)
+    else:
+        chosen = [s for s in segmentation.segments if int(s.label) == int(value)]
+        mask = (segmentation.mask(chosen[0]) if chosen
+                else np.asarray(segmentation.grid.voxels) == int(value))
+    mask = segmentation.grid.with_voxels(mask.astype(np.uint8))
+    try:
+        on_image = resample_to(mask, volume, source=f"The mask file {path}").voxels > 0
+    except SAM2RefineError as exc:
+        raise PromptError(str(exc)) from exc
+    if not on_image.any():
         which = "" if value is None else f" with value {value}"
         raise PromptError(f"Mask file {path} has no voxels{which} on this image.")
-    session.set_mask_volume(obj, mask, spec.get("slices"), spec.get("mode", "refine"))
+    return on_image

@@ -74,7 +74,8 @@ class Session:
             raise PromptError(f"An object named '{name}' already exists; choose another name.")
         obj_id = obj_id if obj_id is not None else max(self.objects, default=0) + 1
         if not 0 < obj_id < 65536 or obj_id in self.objects:
-            raise PromptError(f"Object id {obj_id} is taken or outside 1..65535.")
+            raise PromptError(f"Object id {obj_id} is taken or outside 1..65535; choose "
+                              "another id, or leave it out to get the next free one.")
         self.objects[obj_id] = SegmentObject(obj_id, name)
         return obj_id
 
@@ -165,7 +166,8 @@ class Session:
         if mask.shape != (self.stack.height, self.stack.width):
             raise PromptError(
                 f"Mask prompt has shape {mask.shape}; slice {frame} is "
-                f"{(self.stack.height, self.stack.width)} (rows, columns of the slice stack)."
+                f"{(self.stack.height, self.stack.width)} (rows, columns of the slice stack). "
+                "Give a mask of the slice's shape."
             )
         prompts = self._prompts_for(o, frame)
         prompts.points, prompts.box, prompts.mask, prompts.mask_mode = [], None, mask, mode
@@ -188,7 +190,10 @@ class Session:
             if not stacked.any():
                 raise PromptError("The mask volume is empty: there is nothing to prompt with.")
             frames = [int(stacked.reshape(len(stacked), -1).sum(1).argmax())]
-        return [self.set_mask(obj, int(f), stacked[int(f)], mode) for f in frames]
+        frames = [int(f) for f in frames]
+        for f in frames:  # before indexing: slice 999 is a PromptError, not an IndexError
+            self.geometry.check_frame(f)
+        return [self.set_mask(obj, f, stacked[f], mode) for f in frames]
 
     def clear_prompts(self, obj: int | str, frame: int) -> None:
         """Forget the prompts of `obj` on `frame`; the next propagate() fills the slice again."""
@@ -237,6 +242,7 @@ class Session:
     def slice_mask(self, obj: int | str, frame: int) -> np.ndarray:
         """An object's own mask on one slice (H, W); empty where it has no result."""
         o = self.object(obj)
+        self.geometry.check_frame(frame)  # slice 999 is an error, not an empty mask
         out = o.output(frame)
         if out is None:
             return np.zeros((self.stack.height, self.stack.width), bool)

@@ -88,7 +88,8 @@ def get_entry(model: str) -> WeightsEntry:
     catalogue = load_catalogue()
     if model not in catalogue:
         raise WeightsError(
-            f"Unknown model '{model}'. Known models: {', '.join(sorted(catalogue))}."
+            f"Unknown model '{model}'. Use one of the known models with --model: "
+            f"{', '.join(sorted(catalogue))}."
         )
     return catalogue[model]
 

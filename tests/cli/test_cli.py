@@ -119,3 +119,60 @@ def test_weights_list(capsys):
     for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus",
                  "sam2.1_hiera_large"):
         assert name in out
+
+
+def test_segment_gives_organ_colours_and_the_dicom_terminology(case, tiny_checkpoint):
+    from sam2refine.io.colors import default_color
+    from sam2refine.io.seg_nrrd import read_seg_nrrd_file
+
+    prompts = {"segments": [{"name": name, "points": [{"position": [18, 20, 6]}]}
+                            for name in ("liver", "kidney_left", "kidney_right", "my blob")]}
+    (case / "prompts.json").write_text(json.dumps(prompts))
+    assert main(_segment(case, checkpoint=tiny_checkpoint)) == 0
+    segments = read_seg_nrrd_file(case / "seg.seg.nrrd").segments
+    colors = {s.name: s.color for s in segments}
+    assert colors["liver"] == pytest.approx(default_color(0, "liver"), abs=1e-5)
+    assert colors["kidney_left"] != pytest.approx(colors["kidney_right"], abs=1e-3)
+    terms = {s.name: s.terminology for s in segments}
+    assert "SCT^10200004^Liver" in terms["liver"]
+    assert "SCT^64033007^Kidney~SCT^7771000^Left" in terms["kidney_left"]
+    assert terms["my blob"] is None  # unknown: Slicer's default, the name carries the meaning
+
+
+def test_upper_case_output_suffix_is_written(case, tiny_checkpoint):
+    assert main(_segment(case, checkpoint=tiny_checkpoint, out="SEG.NII.GZ")) == 0
+    written = Volume.from_sitk(sitk.ReadImage(str(case / "SEG.NII.GZ")))
+    assert written.same_geometry(load_volume(case / "ct.nii.gz"))
+    assert json.loads((case / "SEG.labels.json").read_text())["labels"]["4"]["name"] == "organ"
+    assert not [p for p in case.iterdir() if ".tmp-" in p.name]
+
+
+def test_interrupted_segment_writes_nothing(case, tiny_checkpoint, capsys, monkeypatch):
+    from sam2refine.sam.session import Session
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "propagate", interrupted)
+    before = sorted(p.name for p in case.iterdir())
+    assert main(_segment(case, checkpoint=tiny_checkpoint)) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert sorted(p.name for p in case.iterdir()) == before
+
+
+def test_the_console_command_refuses_to_overwrite_its_input(case):
+    """The real entry point, in its own process: one line, exit 2, the CT unchanged."""
+    import subprocess
+    import sys
+
+    ct = (case / "ct.nii.gz").read_bytes()
+    for args, expected in (
+            (["segment", str(case / "ct.nii.gz"), "--prompts", str(case / "prompts.json"),
+              "--out", str(case / "ct.nii.gz")], "would overwrite the input"),
+            (["serve", "--port", "99999"], "99999 is not a port")):
+        result = subprocess.run([sys.executable, "-m", "sam2refine", *args], capture_output=True,
+                                text=True, timeout=120, cwd=case)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+    assert (case / "ct.nii.gz").read_bytes() == ct

@@ -129,16 +129,24 @@ def test_shared_jpeg2000_dicom_series_keeps_its_geometry(totalseg_dir):
     assert volume.voxels.min() == -1024  # rescaled to Hounsfield units
 
 
-def test_dicom_folder_reads_the_series_with_most_files(tmp_path):
+def test_dicom_folder_with_two_series_needs_a_series_uid(tmp_path):
+    """Never the largest silently: the user picks by SeriesInstanceUID, listed in the error."""
     small = _volume((3, 16, 16), direction=np.eye(3), seed=1)
     big = _volume((5, 16, 16), direction=np.eye(3), seed=2)
     _write_dicom_series(small.to_sitk(), tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.7", "a")
     _write_dicom_series(big.to_sitk(), tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.9", "b")
-    loaded = load_volume(tmp_path / "dicom")
+    with pytest.raises(VolumeError, match=r"holds 2 image series: .*1125\.7 \(3 images\).*"
+                                          r"1125\.9 \(5 images\).*--series"):
+        load_volume(tmp_path / "dicom")
+    loaded = load_volume(tmp_path / "dicom", series="1.2.826.0.1.3680043.2.1125.9")
     assert loaded.shape_ijk == (16, 16, 5)
     np.testing.assert_array_equal(loaded.voxels, big.voxels)
     np.testing.assert_allclose(loaded.origin, big.origin, atol=1e-4)
     np.testing.assert_allclose(loaded.spacing, big.spacing, atol=1e-4)
+    assert load_volume(tmp_path / "dicom", series="1.2.826.0.1.3680043.2.1125.7").shape_ijk == (
+        16, 16, 3)
+    with pytest.raises(VolumeError, match="no image series 1.2.3"):
+        load_volume(tmp_path / "dicom", series="1.2.3")
 
 
 def test_four_d_image_with_one_time_point_is_accepted(tmp_path):
