@@ -1,8 +1,9 @@
 """Prompts from markups nodes, and generated boxes shown as ROI nodes.
 
 Point prompts come from fiducial (point list) nodes: every control point is a click, positive
-in the node the "+ point" tool places into and negative in the "- point" node. Box prompts
-come from ROI nodes: the ROI's extent, clipped to the volume, on the slice through its centre.
+in a segment's "+" node and negative in its "-" node (`promptnodes`). Box prompts come from ROI
+nodes: the ROI's extent, clipped to the volume, on the slice through its centre; an ROI that
+spans several slices also gives the range its segment's propagation is limited to.
 Control points are read in world RAS, brought into the volume's own RAS frame (what the
 session's coords="ras" means) and, for clicks, onto the session's slices (coords="slice"), so
 the Logic knows which slice each click prompts.
@@ -82,10 +83,9 @@ def group_points(volume_node, volume, stack, positive_node=None, negative_node=N
     return [groups[f] for f in sorted(groups)]
 
 
-def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
-            ) -> tuple[list[float], list[float], int]:
-    """Two opposite RAS corners (volume frame) of the voxels whose centres lie inside an ROI
-    (clipped to the volume), and the slice to use: `frame`, or the one through its centre."""
+def roi_voxels(volume_node, volume, roi_node) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest (i, j, k) of the voxels whose centres lie inside an ROI,
+    clipped to the volume; an ROI thinner than a voxel along an axis gets its nearest voxel."""
     if roi_node is None or roi_node.GetNumberOfControlPoints() == 0:
         raise ValueError("Place the box (ROI) on the image first.")
     ijk = volume.ras_to_index(world_to_node(volume_node, roi_corners_world(roi_node)))
@@ -96,12 +96,27 @@ def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
     low, high = np.ceil(edge_low - 1e-6), np.floor(edge_high + 1e-6)
     thin = low > high  # thinner than a voxel along that axis: its nearest voxel
     low[thin] = high[thin] = np.rint((edge_low[thin] + edge_high[thin]) / 2)
-    low, high = np.clip(low, 0, size), np.clip(high, 0, size)
+    return np.clip(low, 0, size), np.clip(high, 0, size)
+
+
+def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
+            ) -> tuple[list[float], list[float], int]:
+    """Two opposite RAS corners (volume frame) of the voxels inside an ROI, and the slice to
+    use: `frame`, or the one through its centre (the box on it is the ROI's in-plane extent)."""
+    low, high = roi_voxels(volume_node, volume, roi_node)
     if frame is None:
         centre = stack.ijk_to_frc((low + high) / 2.0)[0]
         frame = int(np.clip(np.rint(centre), 0, stack.num_frames - 1))
     corner_a, corner_b = volume.index_to_ras(np.stack([low, high]))
     return [float(v) for v in corner_a], [float(v) for v in corner_b], int(frame)
+
+
+def roi_frames(volume_node, volume, stack, roi_node) -> tuple[int, int]:
+    """The first and last slice (of the session's stack) an ROI spans: equal for a box drawn
+    on one slice; a 3D box's range limits its segment's propagation."""
+    low, high = roi_voxels(volume_node, volume, roi_node)
+    frames = np.rint(stack.ijk_to_frc(np.stack([low, high]))[:, 0]).astype(int)
+    return int(frames.min()), int(frames.max())
 
 
 def roi_corners_world(roi_node) -> np.ndarray:
