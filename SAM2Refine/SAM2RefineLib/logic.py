@@ -480,6 +480,9 @@ class SAM2RefineLogicBase(PropagationSteps, HistorySteps, AutoSegmentSteps, Para
         self._observations.clear()
 
     def _onSegmentsChanged(self, caller=None, event=None) -> None:
+        node = self.segmentationNode
+        if node is None or self.scene.GetNodeByID(node.GetID() or "") is not node:
+            return  # its scene was closed
         for segmentId in [s for s in self.objectIds if not self._segmentExists(s)]:
             self.objectIds.pop(segmentId)
             self.segmentRanges.pop(segmentId, None)

@@ -81,6 +81,8 @@ def style(node, color, role: str) -> None:
 def sync(scene, segmentation_node) -> None:
     """Prompt nodes follow their segment: its colour, its name, its visibility; nodes of
     segments that no longer exist are removed."""
+    if scene.GetNodeByID(segmentation_node.GetID() or "") is not segmentation_node:
+        return  # a node of a closed scene (its ID may belong to a new node by now)
     segmentation = segmentation_node.GetSegmentation()
     display = segmentation_node.GetDisplayNode()
     shown = display is None or display.GetVisibility()
@@ -108,43 +110,54 @@ class BoxPlacement:
     """Watches an ROI being placed with two clicks and calls `on_complete(roi)` once both are
     in and the box has a size.
 
-    Slicer makes the ROI from the two clicks and then pads a flat one to the size of its
-    shorter side, so a box drawn on one slice would span several. The first click is kept;
-    along the axes where the two clicks did not differ the ROI is made flat again, so what is
-    shown and sent is the box that was drawn (a box drawn across slices stays 3D)."""
+    Slicer defines a box ROI by two control points (the second one follows the mouse until
+    clicked), then replaces them by its centre and pads a flat box to the size of its shorter
+    side, so a box drawn on one slice would span several. The first click is kept; along the
+    axes where the two clicks did not differ the ROI is made flat again, so what is shown and
+    sent is the box that was drawn (a box drawn across slices stays 3D). The ROI's state, not
+    the order of its events, says where placement is."""
 
     def __init__(self, roi, on_complete) -> None:
+        import vtk
+
         self.roi = roi
         self.on_complete = on_complete
         self.first: np.ndarray | None = None
         self.done = False
-        self._tag = roi.AddObserver(roi.PointPositionDefinedEvent, self._on_point)
+        self._tags = [roi.AddObserver(event, lambda caller, event_id: self._check())
+                      for event in (roi.PointPositionDefinedEvent, roi.PointModifiedEvent,
+                                    vtk.vtkCommand.ModifiedEvent)]
 
-    def _on_point(self, caller=None, event=None) -> None:
-        if self.done:
+    def _check(self) -> None:
+        roi = self.roi
+        if self.done or roi.GetNumberOfControlPoints() == 0:
             return
-        size = np.asarray(self.roi.GetSize(), dtype=float)
-        if not size.any():  # the first corner
-            position = np.zeros(3)
-            self.roi.GetNthControlPointPosition(0, position)
-            self.first = position
+        if roi.GetRequiredNumberOfControlPoints() > 1:  # still placing the two corners
+            for n in range(roi.GetNumberOfControlPoints()):
+                if roi.GetNthControlPointPositionStatus(n) == roi.PositionDefined:
+                    position = np.zeros(3)
+                    roi.GetNthControlPointPosition(n, position)
+                    self.first = position
+                    return
+            return
+        size = np.asarray(roi.GetSize(), dtype=float)
+        if not size.any():
             return
         if self.first is not None:
-            centre = np.asarray(self.roi.GetCenter(), dtype=float)
-            matrix = self.roi.GetObjectToNodeMatrix()
+            centre = np.asarray(roi.GetCenter(), dtype=float)
+            matrix = roi.GetObjectToNodeMatrix()
             axes = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
-            drawn = np.abs(axes.T @ (2.0 * (centre - self.first)))  # object axes
+            drawn = np.abs(axes.T @ (2.0 * (centre - self.first)))  # along the ROI's axes
             flat = drawn < 1e-6 * max(1.0, float(size.max()))
-            if flat.any():
+            if flat.any() and not flat.all():
                 size[flat] = 0.0
-                self.roi.SetSize(*[float(v) for v in size])
-        if size.max() <= 0:
-            return
         self.done = True
         self.stop()
-        self.on_complete(self.roi)
+        if self.first is not None:
+            roi.SetSize(*[float(v) for v in size])
+        self.on_complete(roi)
 
     def stop(self) -> None:
-        if self._tag is not None:
-            self.roi.RemoveObserver(self._tag)
-            self._tag = None
+        for tag in self._tags:
+            self.roi.RemoveObserver(tag)
+        self._tags = []
