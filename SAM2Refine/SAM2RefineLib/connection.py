@@ -15,6 +15,7 @@ from SAM2RefineLib import dependencies
 
 LOCAL, REMOTE = "local", "remote"
 REMOTE_TIMEOUT_S = 30.0  # a healthy server answers every request here at once
+EXIT_GRACE_S = 0.5  # how long a child whose connection broke may take to be seen exiting
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
@@ -103,15 +104,23 @@ class EngineLink:
         return self.engine.client()
 
     def explain(self, error: BaseException) -> BaseException:
-        """A request's error, said better when the child engine has died meanwhile."""
+        """A request's error, said better when the child engine has died meanwhile (its
+        connections can break a moment before its exit is visible: wait that moment)."""
+        import subprocess
+
         from sam2refine import EngineStoppedError, ServerError
 
         if isinstance(error, EngineStoppedError):
             return error
-        if (self.mode == LOCAL and isinstance(error, ServerError) and self.engine is not None
-                and self.engine.process is not None and not self.engine.alive):
-            return EngineStoppedError(self.engine.stopped_reason())
-        return error
+        engine = self.engine
+        if not (self.mode == LOCAL and isinstance(error, ServerError) and engine is not None
+                and engine.process is not None):
+            return error
+        try:
+            engine.process.wait(EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            return error  # it still runs: a real connection problem, said as it is
+        return EngineStoppedError(engine.stopped_reason())
 
     def shutdown(self) -> None:
         """Stop the child engine this link started (module closed, settings changed)."""

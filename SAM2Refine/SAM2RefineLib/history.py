@@ -5,7 +5,7 @@ content, its prompt markups and boxes go, a 3D box's range is forgotten) and in 
 
 from __future__ import annotations
 
-from SAM2RefineLib import prompts, segments
+from SAM2RefineLib import segments
 from SAM2RefineLib.tasks import Task, follow
 
 
@@ -69,7 +69,6 @@ class HistorySteps:
             node = self.scene.GetNodeByID(nodeId)
             index = node.GetNthControlPointIndexByID(pointId) if node else -1
             if index >= 0:
-                prompts.unmark_sent(node, [pointId])
                 node.RemoveNthControlPoint(index)
         for nodeId in entry.created_node_ids:
             node = self.scene.GetNodeByID(nodeId)

@@ -17,8 +17,6 @@ import numpy as np
 
 from SAM2RefineLib.volumes import matrix_to_vtk, ras_matrix_of, world_to_node
 
-SENT_ATTRIBUTE = "SAM2Refine.SentPointIDs"  # control points already sent to the session
-
 
 @dataclass
 class PointGroup:
@@ -30,37 +28,28 @@ class PointGroup:
     point_ids: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
 
 
-def _sent_ids(markups_node) -> set[str]:
-    text = markups_node.GetAttribute(SENT_ATTRIBUTE) or ""
-    return {p for p in text.split(",") if p}
-
-
 def mark_sent(markups_node, point_ids: list[str]) -> None:
-    """Remember that these control points were sent (so they are not sent twice)."""
-    ids = _sent_ids(markups_node) | set(point_ids)
-    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
-
-
-def unmark_sent(markups_node, point_ids: list[str]) -> None:
-    ids = _sent_ids(markups_node) - set(point_ids)
-    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
+    """Lock the control points that were sent: they are not sent twice, and a sent click
+    cannot be dragged away from what it prompted (the flag is saved with the scene)."""
+    for point_id in point_ids:
+        index = markups_node.GetNthControlPointIndexByID(point_id)
+        if index >= 0:
+            markups_node.SetNthControlPointLocked(index, True)
 
 
 def new_control_points(markups_node, only_new: bool = True) -> list[tuple[str, np.ndarray]]:
     """(point ID, world RAS position) of the node's placed control points not yet sent."""
     if markups_node is None:
         return []
-    sent = _sent_ids(markups_node) if only_new else set()
     out = []
     for n in range(markups_node.GetNumberOfControlPoints()):
         if markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
             continue  # still being placed
-        point_id = markups_node.GetNthControlPointID(n)
-        if point_id in sent:
+        if only_new and markups_node.GetNthControlPointLocked(n):
             continue
         position = np.zeros(3)
         markups_node.GetNthControlPointPositionWorld(n, position)
-        out.append((point_id, position))
+        out.append((markups_node.GetNthControlPointID(n), position))
     return out
 
 
