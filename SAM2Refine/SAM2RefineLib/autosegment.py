@@ -70,7 +70,8 @@ class AutoSegmentSteps:
                 job = self.jobs.auto_segment(upload.upload_id, path.name, names=labels,
                                              organs=organs, stages=stages, margin=margin)
                 try:
-                    outcome = yield from follow(task, job, (0.05, 0.95), "Auto-segment")
+                    outcome = yield from follow(task, job, (0.05, 0.95), "Auto-segment",
+                                                 large=True)
                 except Exception:
                     self._dropStrayObjects()
                     raise
@@ -94,6 +95,7 @@ class AutoSegmentSteps:
 
     def _autoSegmented(self, task, outcome, showStages: bool):
         """Steps writing the result into the scene, one organ per step."""
+        yield
         entry, written, skipped = UndoEntry("Auto-segment"), {}, []
         final = self.stack.frames(outcome.final.labels)
         for name, organ in outcome.prompts.items():

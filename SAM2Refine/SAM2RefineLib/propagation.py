@@ -63,7 +63,8 @@ class PropagationSteps:
                 for segmentId in written:
                     info = yield from follow(task, self.jobs.object(objIds[segmentId]),
                                              status="Writing the segments")
-                    mask = yield from follow(task, self.jobs.object_mask(objIds[segmentId]))
+                    mask = yield from follow(task, self.jobs.object_mask(objIds[segmentId]),
+                                             large=True)
                     self._checkInputs()
                     low, high = ranges[segmentId]
                     frames = sorted(f for f in {*info.prompted_frames, *info.tracked_frames}

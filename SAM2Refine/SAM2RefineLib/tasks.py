@@ -93,10 +93,11 @@ class Task:
 
 
 def follow(task: Task, job, span: tuple[float, float] = (0.0, 1.0),
-           status: str | None = None) -> Generator[None, None, Any]:
+           status: str | None = None, large: bool = False) -> Generator[None, None, Any]:
     """Wait for a server job (`sam2refine.remote.stepwise.RemoteJob`), one poll per step: its
     progress fills `span` of the task's bar, a cancel request is passed on to the server, and
-    its result is returned (a cancelled or failed job raises its error)."""
+    its result is returned (a cancelled or failed job raises its error). A `large` answer
+    (whole volumes) is decoded a step after it arrived, so no step does both."""
     cancelSent = False
     while not job.finished:
         if task.cancelRequested and not cancelSent and job.cancellable:
@@ -109,5 +110,7 @@ def follow(task: Task, job, span: tuple[float, float] = (0.0, 1.0),
             task.status = status
         yield
         job.poll()
+    if large:
+        yield
     return job.result()
 
