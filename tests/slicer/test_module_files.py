@@ -1,6 +1,6 @@
 """Static checks of the Slicer extension: widget names against the .ui file, shipped files
-against CMake, extension metadata (CMake vs .s4ext), pinned requirements vs pyproject, and
-that the module loads without torch."""
+against CMake, extension metadata (CMake vs the index entry, the licence, the minimum Slicer),
+pinned requirements vs pyproject, and that the module runs without torch in its process."""
 
 from __future__ import annotations
 
@@ -49,13 +49,10 @@ def cmake_fields() -> dict[str, str]:
     return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
 
 
-def s4ext_fields() -> dict[str, str]:
-    fields = {}
-    for line in (ROOT / "SAM2Refine.s4ext").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            fields[key] = value.strip()
-    return fields
+def index_entry() -> dict:
+    import json
+
+    return json.loads((ROOT / "SAM2Refine.json").read_text())
 
 
 def repo_path_of(url: str) -> Path:
@@ -156,17 +153,44 @@ def test_cmake_wires_module_and_tests():
 
 
 # ----- extension metadata ----------------------------------------------------------------------
+# The Extensions Index's catalog-entry schema v1.0.1 (Slicer/Schemas): required keys, types,
+# and "additionalProperties": false.
+INDEX_SCHEMA = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str,
+                "scm_type": str, "build_dependencies": list, "build_subdirectory": str,
+                "enabled": bool, "tier": int}
+INDEX_REQUIRED = ("$schema", "category", "scm_url")
+
+
 def test_extension_metadata_is_filled_and_consistent():
-    cmake, s4ext = cmake_fields(), s4ext_fields()
-    pairs = {"HOMEPAGE": "homepage", "CATEGORY": "category", "CONTRIBUTORS": "contributors",
-             "DESCRIPTION": "description", "ICONURL": "iconurl",
-             "SCREENSHOTURLS": "screenshoturls", "DEPENDS": "depends"}
-    for field, key in pairs.items():
+    cmake, entry = cmake_fields(), index_entry()
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL",
+                  "SCREENSHOTURLS", "DEPENDS"):
         assert cmake[f"EXTENSION_{field}"], f"EXTENSION_{field} is empty"
-        assert cmake[f"EXTENSION_{field}"] == s4ext[key], field
-    assert cmake["EXTENSION_CATEGORY"] == "Segmentation"
-    assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
-    assert s4ext["scmurl"].removesuffix(".git") in cmake["EXTENSION_HOMEPAGE"]
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) <= set(INDEX_SCHEMA) and all(k in entry for k in INDEX_REQUIRED)
+    assert all(isinstance(entry[k], INDEX_SCHEMA[k]) for k in entry)
+    assert entry["scm_type"] in ("git", "local") and entry["tier"] in (1, 3, 5)
+    assert entry["category"] == cmake["EXTENSION_CATEGORY"] == "Segmentation"
+    assert entry["build_dependencies"] == cmake["EXTENSION_DEPENDS"].split() == ["PyTorch"]
+    assert entry["scm_url"].removesuffix(".git") in cmake["EXTENSION_HOMEPAGE"]
+    assert not (ROOT / "SAM2Refine.s4ext").exists()  # index branches 5.8+ read JSON entries
+
+
+def test_licence_and_minimum_slicer_are_declared():
+    licence = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    from SAM2RefineLib import dependencies
+
+    minimum = ".".join(str(v) for v in dependencies.MINIMUM_SLICER)
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(SAM2REFINE_MINIMUM_SLICER_VERSION "{minimum}")' in top
+    assert "Slicer_VERSION VERSION_LESS SAM2REFINE_MINIMUM_SLICER_VERSION" in top
+    assert f"Needs 3D Slicer {minimum} or later" in cmake_fields()["EXTENSION_DESCRIPTION"]
+    for readme in (ROOT / "README.md", MODULE / "README.md"):
+        assert f"3D Slicer {minimum}" in readme.read_text(), readme
 
 
 def test_icon_and_screenshots_exist():
