@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from SAM2RefineLib import promptnodes, prompts, segments
+from SAM2RefineLib import promptnodes, segments
 from SAM2RefineLib.autosegment import AutoSegmentSteps
 from SAM2RefineLib.connection import EngineLink
 from SAM2RefineLib.history import HistorySteps
 from SAM2RefineLib.parameters import ParameterSteps
+from SAM2RefineLib.promptsteps import PromptSteps
 from SAM2RefineLib.propagation import PropagationSteps
 from SAM2RefineLib.segments import ALGORITHM_ATTRIBUTE
 from SAM2RefineLib.tasks import Task, follow
-from SAM2RefineLib.undo import SegmentSnapshot, UndoEntry, UndoStack
+from SAM2RefineLib.undo import UndoStack
 from SAM2RefineLib.volumes import ijk_to_ras, volume_from_node
 
 
@@ -37,7 +38,8 @@ class InputsChangedError(RuntimeError):
     """The volume or segmentation changed (or went away) while a step worked on it."""
 
 
-class SAM2RefineLogicBase(PropagationSteps, HistorySteps, AutoSegmentSteps, ParameterSteps):
+class SAM2RefineLogicBase(PromptSteps, PropagationSteps, HistorySteps, AutoSegmentSteps,
+                          ParameterSteps):
     """Engine, session, prompts, segments and undo; `scene` defaults to `slicer.mrmlScene`."""
 
     def __init__(self, scene=None) -> None:
@@ -331,145 +333,14 @@ class SAM2RefineLogicBase(PropagationSteps, HistorySteps, AutoSegmentSteps, Para
     def _segmentExists(self, segmentId: str) -> bool:
         return self.segmentationNode.GetSegmentation().GetSegment(segmentId) is not None
 
-    # ----- prompts -----------------------------------------------------------------------------
-    def pointNodes(self, segmentId: str):
-        """The (include, exclude) point lists of a segment, coloured like it."""
-        return promptnodes.point_nodes(self.scene, self._segmentation(), segmentId)
-
-    def addPointsTask(self, segmentId: str, positiveNode=None, negativeNode=None) -> Task:
-        """Send the clicks not sent yet (the segment's own point lists by default); one
-        prompt per slice they fall on."""
-        self._checkIdle()
-        self._checkEditable(segmentId)
-        if positiveNode is None and negativeNode is None:
-            positiveNode, negativeNode = self.pointNodes(segmentId)
-
-        def body(task):
-            with self._working(task):
-                yield from self._sessionSteps(task)
-                groups = prompts.group_points(self.volumeNode, self.volume, self.stack,
-                                              positiveNode, negativeNode)
-                if not groups:
-                    raise ValueError("Place a point on the image first.")
-                objId = yield from self._objectSteps(task, segmentId)
-                results = yield from follow(task, self.jobs.add_points(
-                    objId, [p for g in groups for p in g.points_frc],
-                    [v for g in groups for v in g.labels], coords="slice"))
-                self._checkInputs()
-                records = [("points", (g.points_frc, g.labels)) for g in groups]
-                entry = self._applySlices(segmentId, results, records, "Points")
-                entry.sent_points = [p for g in groups for p in g.point_ids]
-                for nodeId in {n for n, _ in entry.sent_points}:
-                    prompts.mark_sent(self.scene.GetNodeByID(nodeId),
-                                      [p for n, p in entry.sent_points if n == nodeId])
-                return results
-        return Task("Point prompt", body)
-
-    def addPoints(self, segmentId: str, positiveNode=None, negativeNode=None):
-        return self.addPointsTask(segmentId, positiveNode, negativeNode).run()
-
-    def setBoxTask(self, segmentId: str, roiNode, frame: int | None = None) -> Task:
-        """Box prompt from an ROI: its extent on `frame`, or on the slice through its centre.
-        An ROI spanning several slices also limits the segment's propagation to them."""
-        self._checkIdle()
-        self._checkEditable(segmentId)
-
-        def body(task):
-            with self._working(task):
-                yield from self._sessionSteps(task)
-                cornerA, cornerB, onFrame = prompts.roi_box(self.volumeNode, self.volume,
-                                                            self.stack, roiNode, frame)
-                first, last = prompts.roi_frames(self.volumeNode, self.volume, self.stack,
-                                                 roiNode)
-                objId = yield from self._objectSteps(task, segmentId)
-                result = yield from follow(task, self.jobs.set_box(
-                    objId, cornerA, cornerB, coords="ras", frame=onFrame))
-                self._checkInputs()
-                entry = self._applySlices(segmentId, [result],
-                                          [("box", (cornerA, cornerB, onFrame))], "Box")
-                if roiNode.GetAttribute(promptnodes.ROLE) == "box":
-                    entry.created_node_ids.append(roiNode.GetID())
-                if last > first:
-                    entry.previous_ranges[segmentId] = self.segmentRanges.get(segmentId)
-                    self.segmentRanges[segmentId] = (first, last)
-                    self.saveParameters()
-                return result
-        return Task("Box prompt", body)
-
-    def setBox(self, segmentId: str, roiNode, frame: int | None = None):
-        return self.setBoxTask(segmentId, roiNode, frame).run()
-
-    def setMaskFromSegmentTask(self, segmentId: str, sourceSegmentId: str | None = None,
-                               frames=None, mode: str = "refine", showBoxes: bool = True
-                               ) -> Task:
-        """Mask prompt from a segment's voxels (the segment itself by default), on `frames` or
-        on the slice where it is largest. In refine mode the box SAM 2 is given is shown."""
-        self._checkIdle()
-        self._checkEditable(segmentId)
-        source = self.segmentMask(sourceSegmentId or segmentId)
-        frames = None if frames is None else [int(f) for f in frames]
-
-        def body(task):
-            with self._working(task):
-                yield from self._sessionSteps(task)
-                objId = yield from self._objectSteps(task, segmentId)
-                results = yield from follow(task, self.jobs.set_mask_volume(
-                    objId, source, frames=frames, mode=mode))
-                self._checkInputs()
-                sliced = self.stack.frames(source)
-                records = [("mask", (r.frame, sliced[r.frame].copy(), mode)) for r in results]
-                entry = self._applySlices(segmentId, results, records, "Mask")
-                for r in results if showBoxes and mode == "refine" else ():
-                    box = prompts.box_of_mask(sliced[r.frame])
-                    roi = promptnodes.new_box_node(self.scene, self.segmentationNode, segmentId)
-                    roi.SetName(f"{self._segmentName(segmentId)} box slice {r.frame}")
-                    prompts.box_to_roi(self.scene, self.volumeNode, self.volume, self.stack,
-                                       r.frame, box, roi.GetName(), roi)
-                    roi.SetLocked(True)
-                    entry.created_node_ids.append(roi.GetID())
-                return results
-        return Task("Mask prompt", body)
-
-    def setMaskFromSegment(self, segmentId: str, sourceSegmentId: str | None = None,
-                           frames=None, mode: str = "refine", showBoxes: bool = True):
-        return self.setMaskFromSegmentTask(segmentId, sourceSegmentId, frames, mode,
-                                           showBoxes).run()
-
-    def _applySlices(self, segmentId, results, records, label) -> UndoEntry:
-        """Write prompt results (one slice each) into the segment, with an undo entry."""
-        current = self.segmentMask(segmentId)
-        entry = UndoEntry(f"{label} on {self._segmentName(segmentId)}")
-        for result in results:
-            entry.snapshots.append(SegmentSnapshot.take(segmentId, current, self.stack,
-                                                        result.frame))
-        for result, record in zip(results, records):
-            self._prompts.setdefault((segmentId, result.frame), []).append(record)
-            entry.prompt_keys.append((segmentId, result.frame))
-        self._writeSlices(segmentId, current, {r.frame: r.mask for r in results})
-        self.undoStack.push(entry)
-        self.segmentationNode.SetAttribute(ALGORITHM_ATTRIBUTE, "SEMIAUTOMATIC")  # a person
-        return entry
-
-    def _writeSlices(self, segmentId, current, sliceMasks: dict) -> None:
-        """Write slices into the segment, never over voxels of a locked segment."""
-        locked = segments.locked_mask(self.segmentationNode, self.volumeNode, (segmentId,))
-        updated = np.array(current, bool, copy=True)
-        target, guard = self.stack.frames(updated), self.stack.frames(locked)
-        for frame, mask in sliceMasks.items():
-            target[frame] = np.asarray(mask, bool) & ~guard[frame]
-        segments.write_segment(self.segmentationNode, segmentId, self.volumeNode, updated)
-
     # ----- scene observations ------------------------------------------------------------------
     def _observeSegmentation(self) -> None:
         """Prompt nodes follow their segments (colour, name, visibility, removal)."""
-        import vtk
-
         self._forgetObservations()
         node = self.segmentationNode
         if node is None:
             return
-        for event in (node.DisplayModifiedEvent, vtk.vtkCommand.ModifiedEvent,
-                      node.GetSegmentation().SegmentModified,
+        for event in (node.DisplayModifiedEvent, node.GetSegmentation().SegmentModified,
                       node.GetSegmentation().SegmentRemoved):
             self._observations.append((node, node.AddObserver(event, self._onSegmentsChanged)))
         self.syncPromptNodes()

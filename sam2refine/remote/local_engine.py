@@ -29,6 +29,7 @@ from sam2refine.remote.wire import ServerError
 
 STARTS = 3  # attempts when the port picked was taken meanwhile by another program
 HEALTH_TIMEOUT_S = 0.05  # a starting engine accepts connections before it answers
+CLIENT_TIMEOUT_S = 60.0  # a blocking verb (scripts) waits for the model at most this long
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
@@ -115,11 +116,9 @@ class LocalEngine:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it
-        flags = subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0
         self.process = subprocess.Popen(
             command, env=env, stdin=subprocess.PIPE,
-            stdout=self._log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            creationflags=flags, start_new_session=os.name != "nt")
+            stdout=self._log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._ready = False
         self._client = None
 
@@ -155,8 +154,8 @@ class LocalEngine:
 
     def client(self) -> Client:
         """The client of the running child (made once per start)."""
-        if self._client is None:
-            self._client = Client(self.url, token=self.token)
+        if self._client is None:  # every request to it is answered at once (its jobs wait)
+            self._client = Client(self.url, token=self.token, timeout=CLIENT_TIMEOUT_S)
         return self._client
 
     # ----- watching ----------------------------------------------------------------------------

@@ -250,8 +250,8 @@ from tests.slicer.conftest import _wire
 core = _wire()
 import SAM2Refine
 from SAM2RefineLib import (autosegment, backends, connection, dependencies, history, logic,
-                           parameters, processes, promptnodes, prompts, propagation, segments,
-                           tasks, undo, volumes, widgethelpers)
+                           parameters, processes, promptnodes, prompts, promptsteps,
+                           propagation, segments, tasks, undo, volumes, widgethelpers)
 from SAM2RefineLib.volumes import ijk_to_ras
 from sam2refine import EngineSettings, LocalEngine
 engine = LocalEngine(EngineSettings(checkpoint={checkpoint!r}, image_size=256, device="cpu"))
