@@ -167,7 +167,11 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneLoaded(self, caller=None, event=None):
         """A scene with SAM2Refine's parameter node: its settings come back."""
-        values = self.logic.restoreParameters()
+        try:
+            values = self.logic.restoreParameters()
+        except Exception as exc:  # e.g. a scene imported while a step runs
+            self.showStatus(str(exc))
+            return
         ui = self.ui
         for widget in (ui.inputVolumeSelector, ui.segmentationSelector, ui.axisComboBox,
                        ui.intensityComboBox, ui.modelComboBox, ui.imageSizeComboBox,

@@ -62,10 +62,11 @@ def test_pip_runs_only_in_the_engine_venv_with_torch_pinned(tmp_path):
     assert "numpy>=1.24,<3" not in pip  # Slicer's numpy fits: it is used, not replaced
     constraints_step = next(s for s in plan.steps if s.kind == "constraints")
     deps.write_file_step(constraints_step, plan, versions(TORCH))
-    assert Path(constraints).read_text() == "torch==2.6.0+cu124\ntorchvision==0.21.0+cu124\n"
+    assert Path(constraints).read_text("utf-8") == "torch==2.6.0+cu124\ntorchvision==0.21.0+cu124\n"
     pth = next(s for s in plan.steps if s.kind == "pth")
     deps.write_file_step(pth, plan)
-    assert Path(pth.path).read_text() == f"import site; site.addsitedir({SLICER_SITE[0]!r})\n"
+    expected = f"import site; site.addsitedir({SLICER_SITE[0]!r})\n"
+    assert Path(pth.path).read_text("utf-8") == expected
     sam2 = next(s for s in plan.steps if s.title == "Building SAM 2")
     assert "--no-deps" in sam2.args and sam2.env == {"SAM2_BUILD_CUDA": "0"}
     text = plan.describe()

@@ -37,7 +37,7 @@ def ui_property(name: str, prop: str) -> str | None:
 
 
 def cmake_list(path: Path, variable: str) -> list[str]:
-    text = path.read_text()
+    text = path.read_text("utf-8")
     match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
     assert match, f"{variable} not set in {path}"
     values = [v for v in match.group(1).split() if not v.startswith("#")]
@@ -45,14 +45,14 @@ def cmake_list(path: Path, variable: str) -> list[str]:
 
 
 def cmake_fields() -> dict[str, str]:
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text("utf-8")
     return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
 
 
 def index_entry() -> dict:
     import json
 
-    return json.loads((ROOT / "SAM2Refine.json").read_text())
+    return json.loads((ROOT / "SAM2Refine.json").read_text("utf-8"))
 
 
 def repo_path_of(url: str) -> Path:
@@ -65,7 +65,7 @@ def repo_path_of(url: str) -> Path:
 def test_every_widget_the_code_uses_is_in_the_ui_file():
     used = set()
     for path in WIDGET_CODE:
-        used |= set(re.findall(r"\bui\.(\w+)", path.read_text()))
+        used |= set(re.findall(r"\bui\.(\w+)", path.read_text("utf-8")))
     assert len(used) > 30
     assert sorted(used - set(ui_widgets())) == []
 
@@ -98,7 +98,7 @@ def test_shortcuts_live_on_the_main_window_not_on_the_buttons():
     for method in SHORTCUTS.values():
         assert callable(getattr(SAM2Refine.SAM2RefineWidget, method)), method
     assert all(ui_property(name, "shortcut") is None for name in ui_widgets())
-    help_text = (MODULE / "SAM2Refine.py").read_text()
+    help_text = (MODULE / "SAM2Refine.py").read_text("utf-8")
     for key in SHORTCUTS:
         assert f"{key} " in help_text  # the help lists every key
 
@@ -136,18 +136,18 @@ def test_the_bundled_engine_is_complete():
 
 
 def test_cmake_wires_module_and_tests():
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text("utf-8")
     assert re.search(r"^add_subdirectory\(SAM2Refine\)$", top, re.M)
     assert "add_subdirectory(Testing)" in top
-    assert "add_subdirectory(Python)" in (ROOT / "Testing" / "CMakeLists.txt").read_text()
-    testing = (ROOT / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(Python)" in (ROOT / "Testing" / "CMakeLists.txt").read_text("utf-8")
+    testing = (ROOT / "Testing" / "Python" / "CMakeLists.txt").read_text("utf-8")
     assert "SCRIPT SAM2RefineTest.py" in testing
     # slicer_add_python_unittest adds the module paths itself; given twice, CTK takes the
     # second list for files to open.
     code = "".join(line.split("#")[0] for line in testing.splitlines())
     assert "--additional-module-paths" not in code and "SLICER_ARGS" not in code
     assert (ROOT / "Testing" / "Python" / "SAM2RefineTest.py").is_file()
-    module = (MODULE / "CMakeLists.txt").read_text()
+    module = (MODULE / "CMakeLists.txt").read_text("utf-8")
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module
     assert "WITH_GENERIC_TESTS" in module
 
@@ -177,20 +177,20 @@ def test_extension_metadata_is_filled_and_consistent():
 
 
 def test_licence_and_minimum_slicer_are_declared():
-    licence = (ROOT / "LICENSE").read_text()
+    licence = (ROOT / "LICENSE").read_text("utf-8")
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "END OF TERMS AND CONDITIONS" in licence
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
     assert project["license"] == "Apache-2.0"
     from SAM2RefineLib import dependencies
 
     minimum = ".".join(str(v) for v in dependencies.MINIMUM_SLICER)
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text("utf-8")
     assert f'set(SAM2REFINE_MINIMUM_SLICER_VERSION "{minimum}")' in top
     assert "Slicer_VERSION VERSION_LESS SAM2REFINE_MINIMUM_SLICER_VERSION" in top
     assert f"Needs 3D Slicer {minimum} or later" in cmake_fields()["EXTENSION_DESCRIPTION"]
     for readme in (ROOT / "README.md", MODULE / "README.md"):
-        assert f"3D Slicer {minimum}" in readme.read_text(), readme
+        assert f"3D Slicer {minimum}" in readme.read_text("utf-8"), readme
 
 
 def test_icon_and_screenshots_exist():
@@ -213,7 +213,7 @@ def test_pinned_requirements_follow_pyproject():
     for text in (deps.SAM2_REQUIREMENT, *deps.ENGINE_REQUIREMENTS):
         req = Requirement(text)
         ours[req.name.lower()] = req.specifier
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
     skipped = {n.lower() for n in deps.PROVIDED_BY_SLICER}
     for text in project["dependencies"]:
         req = Requirement(text)
@@ -233,7 +233,7 @@ def test_module_code_parses_as_python_3_9():
     import ast
 
     for path in [MODULE / "SAM2Refine.py", *(MODULE / "SAM2RefineLib").glob("*.py")]:
-        ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+        ast.parse(path.read_text("utf-8"), str(path), feature_version=(3, 9))
 
 
 # ----- loading without torch -------------------------------------------------------------------
