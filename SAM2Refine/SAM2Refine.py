@@ -1,10 +1,11 @@
 """SAM2Refine: interactive SAM 2 segmentation of CT and MR volumes in 3D Slicer.
 
-Module, Widget, Logic and Test classes per Slicer's scripted-module convention. The Widget is
-a thin Qt binding: long work runs as `Job`s on a worker thread (or on a remote server) while a
-timer shows progress and Cancel stops it. The Logic (MRML only) lives mostly in
-`SAM2RefineLib/logic.py` and works from the Python console, from tests, and with the
-`slicer-core` wheel outside the Slicer application.
+Module, Widget, Logic and Test classes per Slicer's scripted-module convention. The engine
+runs in a process of its own (a child process on this computer, or a remote server) and the
+module only sends it requests that are answered at once: long work is a server job that the
+widget's timer follows in short steps, so Slicer stays responsive and imports no torch. The
+Logic (MRML only) lives mostly in `SAM2RefineLib/logic.py` and works from the Python console,
+from tests, and with the `slicer-core` wheel outside the Slicer application.
 """
 
 import logging
@@ -28,11 +29,11 @@ except ImportError:  # slicer-core outside the Slicer application: the Logic sti
         ScriptedLoadableModuleWidget,
     )
     from SAM2RefineLib.headless import tr as _
-from SAM2RefineLib import backends, dependencies, segments
-from SAM2RefineLib.logic import SAM2RefineLogicBase
-from SAM2RefineLib.tasks import BackgroundTask, Job
-from SAM2RefineLib.widgethelpers import PromptTools
+from SAM2RefineLib import dependencies
 from slicer.util import VTKObservationMixin
+
+MINIMUM = ".".join(str(v) for v in dependencies.MINIMUM_SLICER)
+TICK_MS = 30  # how often the widget steps a running task
 
 
 class SAM2Refine(ScriptedLoadableModule):
@@ -46,10 +47,23 @@ class SAM2Refine(ScriptedLoadableModule):
         self.parent.contributors = ["SAM2Refine developers"]
         self.parent.helpText = _(
             "Interactive segmentation of CT and MR with SAM 2: boxes, clicks and masks on any "
-            "slice, propagated through the volume. See the "
-            '<a href="https://github.com/sam2refine/SlicerSAM2Refine#readme">documentation</a>.')
+            "slice, propagated through the volume. Needs 3D Slicer {minimum} or later and the "
+            "PyTorch extension. Keys while the module is shown: A + point, X - point, W box, "
+            "M mask from segment, P propagate, L lock, Ctrl+Z undo. See the "
+            '<a href="https://github.com/sam2refine/SlicerSAM2Refine#readme">documentation</a>.'
+        ).format(minimum=MINIMUM)
         self.parent.acknowledgementText = _(
             "Uses SAM 2 (Meta AI, Apache-2.0). Follows RFMedSAM 2 and SAM-Med2D for prompting.")
+
+
+def _logicBase():
+    """The Logic's base class; on a Slicer too old for the engine, a stand-in (the module
+    then only says which version it needs)."""
+    if dependencies.unsupported_reason() is not None:
+        return object
+    from SAM2RefineLib.logic import SAM2RefineLogicBase
+
+    return SAM2RefineLogicBase
 
 
 class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -61,11 +75,21 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.task = None
         self.tools = None
+        self._pendingPoints = None
 
     def setup(self):
         import qt
 
         ScriptedLoadableModuleWidget.setup(self)
+        problem = dependencies.unsupported_reason()
+        if problem:  # Slicer 5.8 and older: say what is needed instead of failing later
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
+        from SAM2RefineLib.widgethelpers import PromptTools
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SAM2Refine.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -74,29 +98,31 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.log = self.showStatus
         self.tools = PromptTools(self)
         self.timer = qt.QTimer()
-        self.timer.setInterval(100)
-        self.timer.connect("timeout()", self.onPoll)
+        self.timer.setInterval(TICK_MS)
+        self.timer.connect("timeout()", self.onTick)
         self.ui.progressBar.hide()
         self.ui.segmentsTableView.setSelectionMode(qt.QAbstractItemView.SingleSelection)
         self.populateModels()
         self.updateDependencies()
         ui = self.ui
-        ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputsChanged)
-        ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputsChanged)
+        for selector in (ui.inputVolumeSelector, ui.segmentationSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputsChanged)
         for combo in (ui.axisComboBox, ui.intensityComboBox):
-            combo.connect("currentIndexChanged(int)", self.onSessionSettingsChanged)
+            combo.connect("currentIndexChanged(int)", self.onInputsChanged)
         for combo in (ui.modelComboBox, ui.imageSizeComboBox, ui.deviceComboBox):
-            combo.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
-        ui.localRadioButton.connect("toggled(bool)", self.onModelSettingsChanged)
+            combo.connect("currentIndexChanged(int)", self.onEngineSettingsChanged)
+        ui.localRadioButton.connect("toggled(bool)", self.onEngineSettingsChanged)
         for pathEdit in (ui.checkpointPathLineEdit, ui.adaptersPathLineEdit):
-            pathEdit.connect("currentPathChanged(QString)", self.onModelSettingsChanged)
+            pathEdit.connect("currentPathChanged(QString)", self.onEngineSettingsChanged)
+        for lineEdit in (ui.serverUrlLineEdit, ui.tokenLineEdit):
+            lineEdit.connect("editingFinished()", self.onEngineSettingsChanged)
         ui.downloadWeightsButton.connect("clicked()", self.onDownloadWeights)
         ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         ui.installDependenciesButton.connect("clicked()", lambda: self.onInstallDependencies())
         ui.addSegmentButton.connect("clicked()", self.onAddSegment)
         ui.lockSegmentButton.connect("toggled(bool)", self.onLockSegment)
         ui.segmentsTableView.connect("selectionChanged(QItemSelection,QItemSelection)",
-                                     self.updateButtons)
+                                     self.onSegmentSelected)
         ui.autoSegmentButton.connect("clicked()", self.onAutoSegment)
         ui.positivePointButton.connect("toggled(bool)", self.tools.onPositivePoint)
         ui.negativePointButton.connect("toggled(bool)", self.tools.onNegativePoint)
@@ -108,22 +134,75 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.exportSegNrrdButton.connect("clicked()", self.onExportSegNrrd)
         ui.exportDicomSegButton.connect("clicked()", self.onExportDicomSeg)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClose)
-        self.onInputsChanged()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneLoaded)
+        slicer.app.connect("aboutToQuit()", self.logic.shutdown)
+        self.onSceneLoaded()
+
+    def enter(self):
+        if self.logic is not None:
+            self.tools.installShortcuts()
+            self.logic.syncPromptNodes()
+
+    def exit(self):
+        if self.logic is not None:
+            self.tools.stop()
+            self.tools.removeShortcuts()
 
     def cleanup(self):
-        if self.task is not None:
-            self.task.cancel()
+        if self.logic is None:
+            return
         self.timer.stop()
         self.tools.stop()
+        self.tools.removeShortcuts()
         self.removeObservers()
-        self.logic.closeSession()
+        self.logic.shutdown()
 
     def onSceneClose(self, caller=None, event=None):
         self.tools.stop()
-        self.logic.closeSession()
+        if self.task is not None:
+            self.task.close()
+            self.task = None
+            self.timer.stop()
+        self.logic.setInputs(None)
 
-    # ----- state ---------------------------------------------------------------------------
+    def onSceneLoaded(self, caller=None, event=None):
+        """A scene with SAM2Refine's parameter node: its settings come back."""
+        try:
+            values = self.logic.restoreParameters()
+        except Exception as exc:  # e.g. a scene imported while a step runs
+            self.showStatus(str(exc))
+            return
+        ui = self.ui
+        for widget in (ui.inputVolumeSelector, ui.segmentationSelector, ui.axisComboBox,
+                       ui.intensityComboBox, ui.modelComboBox, ui.imageSizeComboBox,
+                       ui.deviceComboBox, ui.localRadioButton, ui.remoteRadioButton):
+            widget.blockSignals(True)
+        if values:
+            ui.inputVolumeSelector.setCurrentNode(self.logic.volumeNode)
+            ui.segmentationSelector.setCurrentNode(self.logic.segmentationNode)
+            ui.axisComboBox.currentText = values["Axis"]
+            ui.intensityComboBox.currentText = values["Intensity"]
+            index = ui.modelComboBox.findData(values["Model"])
+            if index >= 0:
+                ui.modelComboBox.currentIndex = index
+            ui.imageSizeComboBox.currentText = values["ImageSize"]
+            ui.deviceComboBox.currentText = values["Device"]
+            ui.checkpointPathLineEdit.currentPath = values["Checkpoint"]
+            ui.adaptersPathLineEdit.currentPath = values["Adapters"]
+            ui.serverUrlLineEdit.text = values["ServerURL"]
+            ui.remoteRadioButton.checked = values["Backend"] == "remote"
+            ui.localRadioButton.checked = values["Backend"] != "remote"
+        for widget in (ui.inputVolumeSelector, ui.segmentationSelector, ui.axisComboBox,
+                       ui.intensityComboBox, ui.modelComboBox, ui.imageSizeComboBox,
+                       ui.deviceComboBox, ui.localRadioButton, ui.remoteRadioButton):
+            widget.blockSignals(False)
+        self.onEngineSettingsChanged()
+        self.onInputsChanged()
+
+    # ----- state -------------------------------------------------------------------------------
     def populateModels(self):
+        from SAM2RefineLib import backends
+
         self.ui.modelComboBox.clear()
         try:
             rows = backends.catalogue()
@@ -138,11 +217,12 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateDependencies(self):
         try:
             plan = dependencies.plan()
-            text = _("installed") if not plan.steps else _("missing: ") + ", ".join(plan.missing)
+            text = _("installed") if not plan.steps else _("to install: ") + ", ".join(
+                plan.missing or [_("the engine environment")])
         except dependencies.DependencyError as exc:
             plan, text = None, str(exc)
         self.ui.dependenciesStatusLabel.text = text
-        self.ui.installDependenciesButton.enabled = plan is None or bool(plan.steps)
+        self.ui.installDependenciesButton.enabled = plan is not None and bool(plan.steps)
         return plan
 
     def currentSegmentId(self):
@@ -151,149 +231,191 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self, *args):
         busy = self.task is not None
-        hasVolume = self.ui.inputVolumeSelector.currentNode() is not None
+        ui, logic = self.ui, self.logic
+        hasVolume = ui.inputVolumeSelector.currentNode() is not None
         segmentId = self.currentSegmentId()
-        locked = bool(segmentId and self.logic.segmentationNode
-                      and self.logic.isSegmentLocked(segmentId))
-        for button in (self.ui.positivePointButton, self.ui.negativePointButton,
-                       self.ui.boxButton, self.ui.maskFromSegmentButton):
-            button.enabled = hasVolume and not busy and segmentId is not None and not locked
-        self.ui.autoSegmentButton.enabled = hasVolume and not busy
-        self.ui.propagateButton.enabled = not busy and bool(self.logic.objectIds)
-        self.ui.undoButton.enabled = not busy and self.logic.canUndo()
-        self.ui.lockSegmentButton.enabled = segmentId is not None
-        self.ui.lockSegmentButton.blockSignals(True)
-        self.ui.lockSegmentButton.checked = locked
-        self.ui.lockSegmentButton.blockSignals(False)
-        self.ui.cancelButton.enabled = busy
-        remote = self.ui.remoteRadioButton.checked
-        for widget in (self.ui.serverUrlLineEdit, self.ui.tokenLineEdit,
-                       self.ui.testConnectionButton):
-            widget.enabled = remote
-        for widget in (self.ui.modelComboBox, self.ui.checkpointPathLineEdit,
-                       self.ui.adaptersPathLineEdit, self.ui.imageSizeComboBox,
-                       self.ui.deviceComboBox, self.ui.downloadWeightsButton):
+        locked = bool(segmentId and logic.segmentationNode and logic._segmentExists(segmentId)
+                      and logic.isSegmentLocked(segmentId))
+        for button in (ui.positivePointButton, ui.negativePointButton, ui.boxButton,
+                       ui.maskFromSegmentButton):
+            button.enabled = hasVolume and segmentId is not None and not locked and not busy
+        ui.autoSegmentButton.enabled = hasVolume and not busy
+        ui.addSegmentButton.enabled = hasVolume and not busy
+        ui.propagateButton.enabled = not busy and bool(logic.objectIds)
+        ui.undoButton.enabled = not busy and logic.canUndo()
+        ui.lockSegmentButton.enabled = segmentId is not None and not busy
+        ui.lockSegmentButton.blockSignals(True)
+        ui.lockSegmentButton.checked = locked
+        ui.lockSegmentButton.blockSignals(False)
+        ui.cancelButton.enabled = busy and self.task.cancellable
+        remote = ui.remoteRadioButton.checked
+        # Nothing that would close the session the running task works in can change meanwhile.
+        for widget in (ui.inputVolumeSelector, ui.segmentationSelector, ui.axisComboBox,
+                       ui.intensityComboBox, ui.localRadioButton, ui.remoteRadioButton,
+                       ui.exportSegNrrdButton, ui.exportDicomSegButton):
+            widget.enabled = not busy
+        for widget in (ui.serverUrlLineEdit, ui.tokenLineEdit, ui.testConnectionButton):
+            widget.enabled = remote and not busy
+        for widget in (ui.modelComboBox, ui.checkpointPathLineEdit, ui.adaptersPathLineEdit,
+                       ui.imageSizeComboBox, ui.deviceComboBox, ui.downloadWeightsButton):
             widget.enabled = not remote and not busy
+        ui.installDependenciesButton.enabled = not busy and ui.installDependenciesButton.enabled
 
     def onInputsChanged(self, *args):
-        self.logic.closeSession()
-        self.ui.segmentsTableView.setSegmentationNode(self.ui.segmentationSelector.currentNode())
-        volume = self.ui.inputVolumeSelector.currentNode()
+        ui = self.ui
+        try:
+            self.logic.setInputs(ui.inputVolumeSelector.currentNode(),
+                                 ui.segmentationSelector.currentNode(),
+                                 ui.axisComboBox.currentText, ui.intensityComboBox.currentText)
+        except Exception as exc:
+            self.showStatus(str(exc))
+        ui.segmentsTableView.setSegmentationNode(self.logic.segmentationNode)
+        volume = ui.inputVolumeSelector.currentNode()
         if volume is not None and volume.GetImageData() is not None:
             last = max(volume.GetImageData().GetDimensions()) - 1
-            self.ui.firstSliceSpinBox.maximum = self.ui.lastSliceSpinBox.maximum = last
+            ui.firstSliceSpinBox.maximum = ui.lastSliceSpinBox.maximum = last
         self.updateButtons()
 
-    def onModelSettingsChanged(self, *args):
-        self.logic.setModel(None)
-        self.onSessionSettingsChanged()
+    def onEngineSettingsChanged(self, *args):
+        ui = self.ui
+        try:
+            if ui.remoteRadioButton.checked:
+                self.logic.configureRemote(ui.serverUrlLineEdit.text.strip(),
+                                           ui.tokenLineEdit.text)
+            else:
+                self.logic.configureLocal(
+                    ui.modelComboBox.currentData or "sam2.1_hiera_tiny",
+                    int(ui.imageSizeComboBox.currentText), ui.checkpointPathLineEdit.currentPath,
+                    ui.deviceComboBox.currentText, ui.adaptersPathLineEdit.currentPath)
+        except Exception as exc:
+            self.showStatus(str(exc))
+        self.updateButtons()
 
-    def onSessionSettingsChanged(self, *args):
-        if self.logic.session is not None:
-            self.showStatus(_("Settings changed: the next prompt starts a new session "
-                              "(segments are kept)."))
-        self.logic.closeSession()
+    def onSegmentSelected(self, *args):
+        self.tools.onSegmentChanged()
         self.updateButtons()
 
     def showStatus(self, text):
-        self.ui.statusLabel.text = text
+        self.ui.statusLabel.text = str(text).splitlines()[0] if str(text) else ""
         logging.info(text)
 
-    # ----- background work -----------------------------------------------------------------
-    def runJob(self, job, then=None):
-        """Run `job` off the UI thread; `then(result)` on the UI thread when it succeeded."""
+    # ----- running tasks -----------------------------------------------------------------------
+    def runLogic(self, makeTask, then=None, onError=None):
+        """Make a Logic task (its checks may refuse at once, said in one line) and run it."""
         if self.task is not None:
             self.showStatus(_("Busy: wait for the current step or cancel it."))
-            return
-        self.task = BackgroundTask(job).start()
-        self._then = then
+            return False
+        try:
+            task = makeTask()
+        except Exception as exc:
+            self.showStatus(str(exc))
+            if onError is not None:
+                onError(exc)
+            return False
+        self.runTask(task, then, onError)
+        return True
+
+    def runTask(self, task, then=None, onError=None):
+        """Step `task` from the timer; `then(result)` once it succeeded."""
+        self.task, self._then, self._onError = task, then, onError
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
-        self.showStatus(job.title + "...")
+        self.showStatus(task.title + "...")
         self.updateButtons()
         self.timer.start()
+        self.onTick()
 
-    def onPoll(self):
-        done, value, total = self.task.poll()
+    def onTick(self):
+        task = self.task
+        if task is None:
+            self.timer.stop()
+            return
+        done = task.step()
+        value, total = task.progress
         if total:
             self.ui.progressBar.setRange(0, total)
             self.ui.progressBar.value = value
+        self.ui.statusLabel.text = task.status
         if not done:
             return
         self.timer.stop()
-        task, then, self.task = self.task, self._then, None
+        then, onError, self.task = self._then, self._onError, None
         self.ui.progressBar.hide()
-        try:
-            result = task.finish()
-        except Exception as exc:
-            logging.error(task.error_details or str(exc))
-            self.showStatus(_("Failed: ") + str(exc))
-            result, then = None, None
+        if task.error is not None:
+            logging.error(task.errorDetails)
+            self.showStatus(_("Failed: ") + str(task.error))
+            if onError is not None:
+                onError(task.error)
         else:
-            self.showStatus(str(result) if isinstance(result, str) else task.job.title + " done.")
+            result = task.result
+            self.showStatus(result if isinstance(result, str) else task.title + _(" done."))
         self.ui.segmentsTableView.setSegmentationNode(self.logic.segmentationNode)
         self.updateButtons()
-        if then is not None:
-            then(result)
+        if task.error is None and then is not None:
+            then(task.result)
+        if self._pendingPoints is not None and self.task is None:
+            segmentId, self._pendingPoints = self._pendingPoints, None
+            self.requestPoints(segmentId)
 
     def onCancel(self):
-        if self.task is not None:
+        if self.task is not None and self.task.cancellable:
             self.task.cancel()
             self.showStatus(_("Cancelling..."))
 
-    def withSession(self, action):
-        """Run `action()` once dependencies, the model and the session are ready."""
-        if self.logic.session is not None:
-            return action()
+    def requestPoints(self, segmentId):
+        """A click was placed: send it now, or as soon as the running step is done."""
+        if self.task is not None:
+            self._pendingPoints = segmentId
+            return
+        self.runLogic(lambda: self.logic.addPointsTask(segmentId))
+
+    # ----- actions -----------------------------------------------------------------------------
+    def ready(self):
+        """Whether the engine can run here (its environment installed, or a remote server)."""
+        if self.ui.remoteRadioButton.checked:
+            return True
         plan = self.updateDependencies()
         if plan is None or plan.steps:
-            return self.onInstallDependencies(then=lambda _: self.withSession(action))
-        volume = self.ui.inputVolumeSelector.currentNode()
-        remote = self.ui.remoteRadioButton.checked
-        if not remote and self.logic.model is None:
-            job = self.logic.loadModelJob(
-                self.ui.modelComboBox.currentData, int(self.ui.imageSizeComboBox.currentText),
-                self.ui.checkpointPathLineEdit.currentPath or None,
-                self.ui.deviceComboBox.currentText,
-                adapters=self.ui.adaptersPathLineEdit.currentPath or None)
-            return self.runJob(job, then=lambda _: self.withSession(action))
-        job = self.logic.startSessionJob(
-            volume, self.ui.segmentationSelector.currentNode(),
-            axis=self.ui.axisComboBox.currentText, intensity=self.ui.intensityComboBox.currentText,
-            serverUrl=self.ui.serverUrlLineEdit.text.strip() if remote else None,
-            token=self.ui.tokenLineEdit.text if remote else None)
-        self.runJob(job, then=lambda _: self.afterSessionStarted(action))
+            self.onInstallDependencies()
+            return False
+        return True
 
-    def afterSessionStarted(self, action):
-        self.ui.segmentationSelector.blockSignals(True)
-        self.ui.segmentationSelector.setCurrentNode(self.logic.segmentationNode)
-        self.ui.segmentationSelector.blockSignals(False)
-        self.ui.segmentsTableView.setSegmentationNode(self.logic.segmentationNode)
-        action()
-
-    def guarded(self, makeJob):
-        """Build a job (may raise a user error) and run it."""
+    def onAddSegment(self):
         try:
-            job = makeJob()
+            count = self.logic._segmentation().GetSegmentation().GetNumberOfSegments()
+            segmentId = self.logic.addSegment(f"Segment_{count + 1}")
         except Exception as exc:
             self.showStatus(str(exc))
             return
-        self.runJob(job)
-
-    # ----- actions -------------------------------------------------------------------------
-    def onAddSegment(self):
-        def add():
-            count = self.logic.segmentationNode.GetSegmentation().GetNumberOfSegments()
-            segmentId = self.logic.addSegment(f"Segment_{count + 1}")
-            self.ui.segmentsTableView.setSelectedSegmentIDs([segmentId])
-            self.updateButtons()
-        self.withSession(add)
+        self.ui.segmentsTableView.setSegmentationNode(self.logic.segmentationNode)
+        self.ui.segmentationSelector.blockSignals(True)
+        self.ui.segmentationSelector.setCurrentNode(self.logic.segmentationNode)
+        self.ui.segmentationSelector.blockSignals(False)
+        self.ui.segmentsTableView.setSelectedSegmentIDs([segmentId])
+        self.updateButtons()
 
     def onLockSegment(self, locked):
         segmentId = self.currentSegmentId()
         if segmentId and self.logic.segmentationNode:
             self.logic.setSegmentLocked(segmentId, locked)
         self.updateButtons()
+
+    def onLockKey(self):
+        if self.ui.lockSegmentButton.enabled:
+            self.ui.lockSegmentButton.checked = not self.ui.lockSegmentButton.checked
+
+    def _toggleTool(self, button):
+        if button.enabled:
+            button.checked = not button.checked
+
+    def onPositivePointKey(self):
+        self._toggleTool(self.ui.positivePointButton)
+
+    def onNegativePointKey(self):
+        self._toggleTool(self.ui.negativePointButton)
+
+    def onBoxKey(self):
+        self._toggleTool(self.ui.boxButton)
 
     def onAutoSegment(self):
         source = self.ui.autoSourcePathLineEdit.currentPath
@@ -304,58 +426,71 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   "generator checkpoint or a label file, e.g. a TotalSegmentator output."),
                 windowTitle=_("Auto-segment"))
             return
-        self.withSession(lambda: self.guarded(
-            lambda: self.logic.autoSegmentJob(source, names=names)))
+        if self.ready():
+            self.runLogic(lambda: self.logic.autoSegmentTask(source, names=names))
 
     def onMaskFromSegment(self):
         segmentId, mode = self.currentSegmentId(), self.ui.maskModeComboBox.currentText
-        self.withSession(lambda: self.guarded(
-            lambda: self.logic.setMaskFromSegmentJob(segmentId, mode=mode)))
+        if segmentId is not None and self.ready():
+            self.runLogic(lambda: self.logic.setMaskFromSegmentTask(segmentId, mode=mode))
 
     def onPropagate(self):
         frameRange = None
         if self.ui.propagateRangeCheckBox.checked:
             frameRange = (self.ui.firstSliceSpinBox.value, self.ui.lastSliceSpinBox.value)
-        self.guarded(lambda: self.logic.propagateJob(frameRange=frameRange))
+        if self.ready():
+            self.runLogic(lambda: self.logic.propagateTask(frameRange=frameRange))
 
     def onUndo(self):
-        self.guarded(self.logic.undoJob)
+        self.runLogic(self.logic.undoTask)
 
     def onDownloadWeights(self):
+        from SAM2RefineLib import backends
+
+        python = dependencies.engine_python()
+        if python is None:
+            self.onInstallDependencies()
+            return
         name = self.ui.modelComboBox.currentData
-        self.runJob(self.logic.downloadWeightsJob(name), then=lambda _: self.populateModels())
+        self.runLogic(lambda: backends.download_weights_task(name, python),
+                      then=lambda _: self.populateModels())
 
     def onTestConnection(self):
-        url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.tokenLineEdit.text
-        self.runJob(self.logic.testConnectionJob(url, token),
-                    then=lambda text: setattr(self.ui.connectionStatusLabel, "text", text))
+        from SAM2RefineLib import backends
 
-    def onInstallDependencies(self, then=None, dicomSeg=False):
-        """Ask for consent, then install what is missing off the UI thread."""
+        url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.tokenLineEdit.text
+        self.runLogic(lambda: backends.test_connection_task(url, token),
+                      then=lambda text: setattr(self.ui.connectionStatusLabel, "text", text))
+
+    def onInstallDependencies(self, then=None):
+        """Ask for consent (listing what goes where), install PyTorch with the PyTorch
+        extension, then the engine environment as watched subprocesses."""
         try:
-            plan = dependencies.plan(dicom_seg=dicomSeg)
+            plan = dependencies.plan()
         except dependencies.DependencyError as exc:
             slicer.util.errorDisplay(str(exc))
             return
         if not plan.steps:
             return then(None) if then else None
         if not slicer.util.confirmOkCancelDisplay(
-                _("SAM2Refine needs Python packages that are not installed yet (PyTorch, "
-                  "SAM 2, ...). Installing them needs a network connection and may take "
-                  "several minutes. Install now?"),
+                _("SAM2Refine runs its engine in a separate process, with Python packages of "
+                  "its own (PyTorch, SAM 2, ...) that are not installed yet. Installing them "
+                  "needs a network connection and several GB of disk space, and takes several "
+                  "minutes; Slicer's own packages are not changed. Install now?"),
                 _("Install SAM2Refine requirements"), detailedText=plan.describe()):
             self.showStatus(_("Installation declined: SAM2Refine cannot run without them."))
             return
+        if any(step.kind == "torch" for step in plan.steps):
+            import PyTorchUtils
 
-        def done(restart):
-            self.updateDependencies()
-            self.populateModels()
-            if restart and slicer.util.confirmOkCancelDisplay(
-                    _("Slicer must restart to use the updated packages. Restart now?")):
-                slicer.util.restart()
-            elif not restart and then:
-                then(None)
-        self.runJob(self.logic.installDependenciesJob(plan, log=logging.info), then=done)
+            with slicer.util.tryWithErrorDisplay(_("PyTorch could not be installed."),
+                                                 waitCursor=True):
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                        askConfirmation=False,
+                        torchVersionRequirement=dependencies.TORCH_REQUIREMENT) is None:
+                    return
+        self.runTask(dependencies.install_task(plan, log=logging.info),
+                     then=lambda _: (self.updateDependencies(), then and then(None)))
 
     def onExportSegNrrd(self):
         path = self.savePath(_("Export .seg.nrrd"), "Segmentation (*.seg.nrrd)")
@@ -367,9 +502,8 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportDicomSeg(self):
         path = self.savePath(_("Export DICOM-SEG"), "DICOM (*.dcm)")
-        if path:
-            self.onInstallDependencies(dicomSeg=True, then=lambda _: self.guarded(
-                lambda: self.logic.exportDicomSegJob(path)))
+        if path and self.ready():
+            self.runLogic(lambda: self.logic.exportDicomSegTask(path))
 
     def savePath(self, title, nameFilter):
         import qt
@@ -377,69 +511,70 @@ class SAM2RefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, "", nameFilter)
 
 
+SAM2RefineLogicBase = _logicBase()
+
+
 class SAM2RefineLogic(ScriptedLoadableModuleLogic, SAM2RefineLogicBase):
     """MRML-only logic (see SAM2RefineLib/logic.py): usable from the Python console, e.g.
 
     logic = slicer.util.getModuleLogic("SAM2Refine")
-    logic.loadModelJob("sam2.1_hiera_tiny", 512)()
+    logic.configureLocal("sam2.1_hiera_tiny", 512)     # or logic.configureRemote(url, token)
     logic.startSession(volumeNode)
+    liver = logic.addSegment("liver")
+    logic.pointNodes(liver)[0].AddControlPoint(x, y, z)   # a click on the liver (RAS)
+    logic.addPoints(liver)
+    logic.propagate()
     """
 
     def __init__(self, scene=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        SAM2RefineLogicBase.__init__(self, scene)
+        if SAM2RefineLogicBase is not object:
+            SAM2RefineLogicBase.__init__(self, scene)
 
     def weightsCatalogue(self):
         """Official checkpoints, and whether each is in the cache."""
+        from SAM2RefineLib import backends
+
         return backends.catalogue()
 
-    def downloadWeightsJob(self, name):
-        """Download `name` into the cache with % progress; cancellable; SHA-256 checked."""
-        return Job(f"Downloading {name}",
-                   lambda progress, cancel: backends.download_weights(name, progress, cancel))
+    def dependencyPlan(self):
+        """What must be installed before the engine runs (raises on a Slicer too old for it,
+        or without the PyTorch extension)."""
+        return dependencies.plan()
 
-    def dependencyPlan(self, dicomSeg=False):
-        """What must be installed before the engine runs (raises without PyTorch extension);
-        with `dicomSeg` also what DICOM-SEG export needs."""
-        return dependencies.plan(dicom_seg=dicomSeg)
+    def enginePython(self):
+        """The interpreter engine programs run with (the engine environment's)."""
+        engine = self.link.engine
+        python = self.link.python or (engine.python if engine is not None else None) or (
+            dependencies.engine_python())
+        if python is None:
+            raise dependencies.DependencyError(
+                "The engine's environment is not installed yet: press Install in the Model "
+                "section.")
+        return python
 
-    def installDependenciesJob(self, plan=None, log=None):
-        """Install the plan's packages in subprocesses; the result says if a restart is needed."""
-        plan = plan or dependencies.plan()
-        return Job("Installing Python packages",
-                   lambda progress, cancel: dependencies.run(plan, log, progress, cancel))
-
-    def testConnectionJob(self, url, token=None):
-        """Check a remote server: the result is a one-line description of it."""
-        return Job("Testing the connection",
-                   lambda progress, cancel: backends.test_connection(url, token))
-
-    def exportDicomSegJob(self, path, referenceFolder=None):
+    def exportDicomSegTask(self, path, referenceFolder=None):
         """DICOM-SEG of the segmentation, referencing the DICOM series the input volume was
-        loaded from (found in Slicer's DICOM database) or the series in `referenceFolder`."""
-        import tempfile
+        loaded from (found in Slicer's DICOM database) or the series in `referenceFolder`;
+        written by the engine's `export` command in the engine environment."""
+        from SAM2RefineLib import backends, segments
+        from SAM2RefineLib.volumes import volume_from_node
 
         if self.segmentationNode is None or self.volumeNode is None:
             raise RuntimeError("There is no segmentation to export yet.")
-        labelmap, infos = segments.labelmap(self.segmentationNode, self.volumeNode, self.volume)
-        algorithmType = self.algorithmType()  # AUTOMATIC only if Auto-segment alone made it
+        volume = self.volume if self.volume is not None else volume_from_node(self.volumeNode)
+        labelmap, infos = segments.labelmap(self.segmentationNode, self.volumeNode, volume)
         files = [] if referenceFolder else backends.dicom_reference_files(self.volumeNode)
         if not referenceFolder and not files:
             raise ValueError(
                 f"'{self.volumeNode.GetName()}' was not loaded from DICOM, so a DICOM-SEG cannot "
                 "reference it: load the series through the DICOM module, or export .seg.nrrd.")
-
-        def run(progress, cancel):
-            if referenceFolder:
-                return backends.export_dicom_seg(labelmap, infos, referenceFolder, path,
-                                                 algorithmType)
-            with tempfile.TemporaryDirectory() as folder:
-                reference = backends.series_folder(files, folder)
-                return backends.export_dicom_seg(labelmap, infos, reference, path, algorithmType)
-        return Job("Exporting DICOM-SEG", run)
+        return backends.export_dicom_seg_task(
+            labelmap, infos, path, self.enginePython(), reference_folder=referenceFolder,
+            reference_files=files, algorithm_type=self.algorithmType())  # AUTOMATIC: auto alone
 
     def exportDicomSeg(self, path, referenceFolder=None):
-        return self.exportDicomSegJob(path, referenceFolder)()
+        return self.exportDicomSegTask(path, referenceFolder).run()
 
 
 class SAM2RefineTest(ScriptedLoadableModuleTest):
@@ -450,41 +585,14 @@ class SAM2RefineTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_SAM2Refine_auto_segment()
+        self.test_SAM2Refine_loads()
 
-    def test_SAM2Refine_auto_segment(self):
-        """Auto-segment a synthetic CT from a label file with a random-init SAM 2 tiny."""
-        import numpy as np
-
+    def test_SAM2Refine_loads(self):
+        """The module loads (or, on a Slicer too old for it, says which version it needs)."""
+        problem = dependencies.unsupported_reason()
+        if problem:
+            self.skipTest(problem)
         logic = SAM2RefineLogic()
         self.assertFalse(logic.canUndo())
-        try:
-            ready = not dependencies.plan().steps
-        except dependencies.DependencyError:
-            ready = False
-        if not ready:
-            self.delayDisplay(_("Engine requirements missing: auto-segment test skipped."))
-            return
-        import tempfile
-
-        import SimpleITK as sitk
-        import torch
-        from SAM2RefineLib.volumes import volume_from_node
-
-        from sam2refine import build_model
-
-        torch.manual_seed(0)
-        logic.setModel(build_model("sam2.1_hiera_tiny", 256, None, "cpu"))
-        k, j, i = np.mgrid[0:10, 0:40, 0:48].astype(np.float32)
-        organ = ((i - 20) / 9) ** 2 + ((j - 20) / 10) ** 2 + ((k - 5) / 4) ** 2 <= 1
-        voxels = (np.where(organ, 150, 40)).astype(np.int16)
-        node = slicer.util.addVolumeFromArray(voxels, np.diag([1.5, 1.5, 3.0, 1.0]), "phantom")
-        logic.startSession(node)
-        image = volume_from_node(node)
-        path = os.path.join(tempfile.mkdtemp(), "organ.nii.gz")
-        sitk.WriteImage(image.with_voxels(organ.astype(np.uint8)).to_sitk(), path)
-        message = logic.autoSegment(path, names={1: "liver"}, stages=1, margin=1)
-        self.assertIn("Auto-segmented 1 organ", message)
-        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("liver box"))
-        self.assertEqual(logic.algorithmType(), "AUTOMATIC")
+        self.assertIn(MINIMUM, slicer.modules.sam2refine.helpText)
         self.delayDisplay(_("SAM2Refine module loaded from ") + os.path.dirname(__file__))

@@ -27,6 +27,7 @@ _EXPORTS = {
     "ObjectInfo": "sam2refine.sam.results",
     "weights_catalogue": "sam2refine.sam.weights",
     "download_weights": "sam2refine.sam.weights",
+    "cache_dir": "sam2refine.sam.weights",
     # files
     "SegmentInfo": "sam2refine.io.segmentation",
     "write_segmentation": "sam2refine.io.segmentation",
@@ -38,6 +39,9 @@ _EXPORTS = {
     "default_color": "sam2refine.io.colors",
     "organ_key": "sam2refine.io.organ_names",
     "slicer_terminology": "sam2refine.io.terminology",
+    "write_nifti_labelmap": "sam2refine.io.segmentation",
+    "read_label_names": "sam2refine.io.label_names",
+    "sidecar_names": "sam2refine.io.label_names",
     # automatic segmentation
     "auto_segment": "sam2refine.auto.pipeline",
     # the engine in another process
@@ -45,6 +49,17 @@ _EXPORTS = {
     "RemoteSession": "sam2refine.remote.client",
     "ServerError": "sam2refine.remote.wire",
     "SessionNotFoundError": "sam2refine.remote.wire",
+    # ... driven from a UI thread: a child engine process, jobs polled with short requests
+    "LocalEngine": "sam2refine.remote.local_engine",
+    "EngineSettings": "sam2refine.remote.local_engine",
+    "EngineStoppedError": "sam2refine.remote.local_engine",
+    "engine_code_folder": "sam2refine.remote.local_engine",
+    "SessionJobs": "sam2refine.remote.stepwise",
+    "Upload": "sam2refine.remote.stepwise",
+    "volume_chunks": "sam2refine.remote.stepwise",
+    "file_chunks": "sam2refine.remote.stepwise",
+    "open_session_job": "sam2refine.remote.stepwise",
+    "check_server": "sam2refine.remote.stepwise",
     # errors
     "SAM2RefineError": "sam2refine.errors",
     "VolumeError": "sam2refine.errors",
@@ -92,19 +107,35 @@ if TYPE_CHECKING:
     from sam2refine.io.atomic import atomic_write
     from sam2refine.io.colors import default_color
     from sam2refine.io.dicomseg import export_dicom_seg
+    from sam2refine.io.label_names import read_label_names, sidecar_names
     from sam2refine.io.organ_names import organ_key
     from sam2refine.io.segmentation import (
         Segmentation,
         SegmentInfo,
         read_segmentation,
         read_segmentation_file,
+        write_nifti_labelmap,
         write_segmentation,
     )
     from sam2refine.io.terminology import slicer_terminology
     from sam2refine.remote.client import Client, RemoteSession
+    from sam2refine.remote.local_engine import (
+        EngineSettings,
+        EngineStoppedError,
+        LocalEngine,
+        engine_code_folder,
+    )
+    from sam2refine.remote.stepwise import (
+        SessionJobs,
+        Upload,
+        check_server,
+        file_chunks,
+        open_session_job,
+        volume_chunks,
+    )
     from sam2refine.remote.wire import ServerError, SessionNotFoundError
     from sam2refine.sam.model import build_model, load_model
     from sam2refine.sam.protocol import SessionLike
     from sam2refine.sam.results import ObjectInfo, SliceResult
     from sam2refine.sam.session import Session
-    from sam2refine.sam.weights import download_weights, weights_catalogue
+    from sam2refine.sam.weights import cache_dir, download_weights, weights_catalogue

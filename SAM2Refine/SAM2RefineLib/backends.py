@@ -1,24 +1,22 @@
-"""Weights, models and sessions: the glue between the module and the engine.
+"""The module's other errands with the engine: the weights catalogue and their download, a
+server connection test, and DICOM-SEG export with the DICOM sources it references.
 
-Everything imports the engine lazily, so listing what is missing works before the engine's
-requirements (torch, sam2) are installed. Downloads go to the engine's per-user cache
-(`~/.cache/sam2refine` or `$SAM2REFINE_CACHE`, outside the extension folder, so reinstalling the
-extension keeps them) and are checked against the catalogue's size and SHA-256.
+Anything heavy runs in the engine's environment as a program (`processes.py`), never in
+Slicer's process: downloads go to the engine's per-user cache (`~/.cache/sam2refine` or
+`$SAM2REFINE_CACHE`, outside the extension folder, so reinstalling the extension keeps them)
+and are checked against the catalogue's size and SHA-256 by the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-
-class AutoSegmentUnavailableError(RuntimeError):
-    """The automatic pipeline cannot run on this backend (a remote server does not offer it
-    yet)."""
+from SAM2RefineLib.processes import processSteps
+from SAM2RefineLib.tasks import Task
 
 
 @dataclass
@@ -40,87 +38,40 @@ def catalogue() -> list[WeightsRow]:
                        row.path) for row in weights_catalogue()]
 
 
-def download_weights(name: str, progress: Callable[[int, int], None] | None = None,
-                     cancel: threading.Event | None = None) -> Path:
-    """Download and verify `name` into the cache; progress is reported as (percent, 100)."""
-    from sam2refine import download_weights
+def engine_environment() -> dict[str, str]:
+    """Environment of an engine program: only the engine's code on its path, so none of
+    Slicer's bundled packages shadows the engine environment's own."""
+    from sam2refine import engine_code_folder
 
-    def report(done: int, total: int | None) -> None:
-        if progress is not None and total:
-            progress(min(100, int(100 * done / total)), 100)
-
-    return download_weights(name, on_progress=report, cancel=cancel)
+    return {"PYTHONPATH": str(engine_code_folder()), "PYTHONNOUSERSITE": "1"}
 
 
-def load_model(name: str, image_size: int, checkpoint: str | Path | None = None,
-               device: str = "auto", progress: Callable[[int, int], None] | None = None,
-               cancel: threading.Event | None = None, *,
-               adapters: str | Path | None = None) -> Any:
-    """Build SAM 2.1 with verified weights (downloaded into the cache when missing), plus
-    fine-tuned `adapters` when given (checked against that checkpoint before loading)."""
-    import sam2refine
-
-    def report(done: int, total: int | None) -> None:
-        if progress is not None and total:
-            progress(min(99, int(100 * done / total)), 100)
-
-    model = sam2refine.load_model(name, int(image_size), checkpoint or None, device,
-                                  adapters=adapters or None, on_progress=report, cancel=cancel)
-    if progress is not None:
-        progress(100, 100)
-    return model
+def download_weights_task(name: str, python: str) -> Task:
+    """Download and verify `name` into the cache (progress from the download bar)."""
+    command = [python, "-m", "sam2refine", "weights", "download", name]
+    return Task(f"Downloading {name}",
+                lambda task: processSteps(task, command, engine_environment()), cancellable=True)
 
 
-def open_session(volume, *, model=None, server_url: str | None = None,
-                 token: str | None = None, axis: str = "axial", intensity: str = "ct") -> Any:
-    """An in-process `Session` (with `model`) or a remote session on `server_url`."""
-    if server_url:
-        from sam2refine import Client
-
-        return Client(server_url, token=token or None).open_session(
-            volume, axis=axis, intensity=intensity)
-    if model is None:
-        raise ValueError("Load a model first (or choose a remote server).")
-    from sam2refine import Session
-
-    return Session(model, volume, axis=axis, intensity=intensity)
-
-
-def close_session(session: Any) -> None:
-    """Release a session (remote sessions free the server's memory)."""
-    for owner in (session, getattr(session, "client", None)):
-        close = getattr(owner, "close", None)
-        if callable(close):
-            close()
-
-
-def auto_segment_pipeline(session: Any = None) -> Callable[..., Any]:
-    """The engine's automatic pipeline (`sam2refine.auto_segment`) for `session`; a
-    clear error for remote sessions, where the server does not offer it yet."""
-    if session is not None and type(session).__name__ != "Session":
-        raise AutoSegmentUnavailableError(
-            "Auto-segment is not available on a remote server yet: choose 'This computer' "
-            "(local processing) to auto-segment, or prompt and Propagate on the server.")
-    from sam2refine import auto_segment
-
-    return auto_segment
-
-
-def test_connection(url: str, token: str | None = None) -> str:
-    """One line describing the server at `url`; raises with the server's message when it
+def test_connection_task(url: str, token: str | None = None) -> Task:
+    """One line describing the server at `url`; fails with the server's message when it
     cannot be reached or refuses the token."""
-    from sam2refine import Client, SessionNotFoundError
+    def body(task):
+        from sam2refine import Client, SessionNotFoundError, check_server
 
-    if not url:
-        raise ValueError("Enter the server URL, e.g. http://gpu-host:8000.")
-    with Client(url, token=token or None, timeout=15) as client:
-        status = client.health()
+        if not url:
+            raise ValueError("Enter the server URL, e.g. http://gpu-host:8000.")
+        client = Client(url, token=token or None, timeout=10)
+        status = check_server(client)
+        yield
         # any authenticated request: an unknown session proves the token is accepted
         with contextlib.suppress(SessionNotFoundError):
             client.request("GET", "/sessions/connection-test")
-    return (f"Connected: SAM2Refine {status.get('version', '?')}, "
-            f"{status.get('image_size', '?')} px on {status.get('device', '?')}, "
-            f"{status.get('sessions', 0)} open session(s).")
+        client.close()
+        return (f"Connected: SAM2Refine {status.get('version', '?')}, "
+                f"{status.get('image_size', '?')} px on {status.get('device', '?')}, "
+                f"{status.get('sessions', 0)} open session(s).")
+    return Task("Testing the connection", body)
 
 
 def dicom_reference_files(volume_node) -> list[str]:
@@ -148,11 +99,25 @@ def series_folder(files: list[str], folder: str | Path) -> Path:
     return folder
 
 
-def export_dicom_seg(labelmap, segment_infos, reference_folder: str | Path,
-                     path: str | Path, algorithm_type: str = "SEMIAUTOMATIC") -> Path:
-    """Write a DICOM-SEG of `labelmap` referencing the series in `reference_folder`;
-    `algorithm_type` AUTOMATIC when only the automatic pipeline made it."""
-    from sam2refine import export_dicom_seg as write
+def export_dicom_seg_task(labelmap, segment_infos, path: str | Path, python: str,
+                          reference_folder: str | Path | None = None,
+                          reference_files: list[str] | None = None,
+                          algorithm_type: str = "SEMIAUTOMATIC") -> Task:
+    """Write a DICOM-SEG of `labelmap` (an engine `Volume`, labels named by `segment_infos`)
+    referencing the series in `reference_folder` (or made of `reference_files`), with the
+    engine's `export` command in the engine environment (highdicom, pydicom 3 live there)."""
+    def body(task):
+        from sam2refine import write_nifti_labelmap
 
-    return write(labelmap, segment_infos, reference_folder, path,
-                 algorithm_type=algorithm_type)
+        with tempfile.TemporaryDirectory(prefix="sam2refine-export-") as folder:
+            source = Path(folder) / "segmentation.nii"
+            write_nifti_labelmap(source, labelmap, segment_infos)
+            reference = Path(reference_folder) if reference_folder else series_folder(
+                reference_files or [], Path(folder) / "series")
+            yield
+            command = [python, "-m", "sam2refine", "export", str(source), "--reference-series",
+                       str(reference), "--out", os.fspath(path), "--algorithm-type",
+                       algorithm_type]
+            yield from processSteps(task, command, engine_environment())
+        return Path(path)
+    return Task("Exporting DICOM-SEG", body, cancellable=True)

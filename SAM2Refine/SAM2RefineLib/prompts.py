@@ -1,8 +1,9 @@
 """Prompts from markups nodes, and generated boxes shown as ROI nodes.
 
 Point prompts come from fiducial (point list) nodes: every control point is a click, positive
-in the node the "+ point" tool places into and negative in the "- point" node. Box prompts
-come from ROI nodes: the ROI's extent, clipped to the volume, on the slice through its centre.
+in a segment's "+" node and negative in its "-" node (`promptnodes`). Box prompts come from ROI
+nodes: the ROI's extent, clipped to the volume, on the slice through its centre; an ROI that
+spans several slices also gives the range its segment's propagation is limited to.
 Control points are read in world RAS, brought into the volume's own RAS frame (what the
 session's coords="ras" means) and, for clicks, onto the session's slices (coords="slice"), so
 the Logic knows which slice each click prompts.
@@ -16,8 +17,6 @@ import numpy as np
 
 from SAM2RefineLib.volumes import matrix_to_vtk, ras_matrix_of, world_to_node
 
-SENT_ATTRIBUTE = "SAM2Refine.SentPointIDs"  # control points already sent to the session
-
 
 @dataclass
 class PointGroup:
@@ -29,37 +28,28 @@ class PointGroup:
     point_ids: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
 
 
-def _sent_ids(markups_node) -> set[str]:
-    text = markups_node.GetAttribute(SENT_ATTRIBUTE) or ""
-    return {p for p in text.split(",") if p}
-
-
 def mark_sent(markups_node, point_ids: list[str]) -> None:
-    """Remember that these control points were sent (so they are not sent twice)."""
-    ids = _sent_ids(markups_node) | set(point_ids)
-    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
-
-
-def unmark_sent(markups_node, point_ids: list[str]) -> None:
-    ids = _sent_ids(markups_node) - set(point_ids)
-    markups_node.SetAttribute(SENT_ATTRIBUTE, ",".join(sorted(ids)))
+    """Lock the control points that were sent: they are not sent twice, and a sent click
+    cannot be dragged away from what it prompted (the flag is saved with the scene)."""
+    for point_id in point_ids:
+        index = markups_node.GetNthControlPointIndexByID(point_id)
+        if index >= 0:
+            markups_node.SetNthControlPointLocked(index, True)
 
 
 def new_control_points(markups_node, only_new: bool = True) -> list[tuple[str, np.ndarray]]:
     """(point ID, world RAS position) of the node's placed control points not yet sent."""
     if markups_node is None:
         return []
-    sent = _sent_ids(markups_node) if only_new else set()
     out = []
     for n in range(markups_node.GetNumberOfControlPoints()):
         if markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
             continue  # still being placed
-        point_id = markups_node.GetNthControlPointID(n)
-        if point_id in sent:
+        if only_new and markups_node.GetNthControlPointLocked(n):
             continue
         position = np.zeros(3)
         markups_node.GetNthControlPointPositionWorld(n, position)
-        out.append((point_id, position))
+        out.append((markups_node.GetNthControlPointID(n), position))
     return out
 
 
@@ -82,10 +72,9 @@ def group_points(volume_node, volume, stack, positive_node=None, negative_node=N
     return [groups[f] for f in sorted(groups)]
 
 
-def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
-            ) -> tuple[list[float], list[float], int]:
-    """Two opposite RAS corners (volume frame) of the voxels whose centres lie inside an ROI
-    (clipped to the volume), and the slice to use: `frame`, or the one through its centre."""
+def roi_voxels(volume_node, volume, roi_node) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest (i, j, k) of the voxels whose centres lie inside an ROI,
+    clipped to the volume; an ROI thinner than a voxel along an axis gets its nearest voxel."""
     if roi_node is None or roi_node.GetNumberOfControlPoints() == 0:
         raise ValueError("Place the box (ROI) on the image first.")
     ijk = volume.ras_to_index(world_to_node(volume_node, roi_corners_world(roi_node)))
@@ -96,12 +85,27 @@ def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
     low, high = np.ceil(edge_low - 1e-6), np.floor(edge_high + 1e-6)
     thin = low > high  # thinner than a voxel along that axis: its nearest voxel
     low[thin] = high[thin] = np.rint((edge_low[thin] + edge_high[thin]) / 2)
-    low, high = np.clip(low, 0, size), np.clip(high, 0, size)
+    return np.clip(low, 0, size), np.clip(high, 0, size)
+
+
+def roi_box(volume_node, volume, stack, roi_node, frame: int | None = None
+            ) -> tuple[list[float], list[float], int]:
+    """Two opposite RAS corners (volume frame) of the voxels inside an ROI, and the slice to
+    use: `frame`, or the one through its centre (the box on it is the ROI's in-plane extent)."""
+    low, high = roi_voxels(volume_node, volume, roi_node)
     if frame is None:
         centre = stack.ijk_to_frc((low + high) / 2.0)[0]
         frame = int(np.clip(np.rint(centre), 0, stack.num_frames - 1))
     corner_a, corner_b = volume.index_to_ras(np.stack([low, high]))
     return [float(v) for v in corner_a], [float(v) for v in corner_b], int(frame)
+
+
+def roi_frames(volume_node, volume, stack, roi_node) -> tuple[int, int]:
+    """The first and last slice (of the session's stack) an ROI spans: equal for a box drawn
+    on one slice; a 3D box's range limits its segment's propagation."""
+    low, high = roi_voxels(volume_node, volume, roi_node)
+    frames = np.rint(stack.ijk_to_frc(np.stack([low, high]))[:, 0]).astype(int)
+    return int(frames.min()), int(frames.max())
 
 
 def roi_corners_world(roi_node) -> np.ndarray:

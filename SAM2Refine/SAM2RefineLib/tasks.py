@@ -1,94 +1,116 @@
-"""Long work split so that it never runs on Slicer's UI thread.
+"""Long work driven from Slicer's main thread in short steps, never on a thread of its own.
 
-A `Job` has a `run` part (engine work only: no MRML, no Qt, safe on a worker thread; it gets a
-progress callback and a cancel event) and a `finish` part (MRML updates, on the main thread).
-Calling a job runs both in the caller's thread, which is what the Python console and tests
-do; the module's widget instead hands it to a `BackgroundTask` and polls it from a timer.
+Slicer's main thread never releases the GIL, so a Python thread inside Slicer only runs while
+the main thread happens to run Python: engine work there would crawl. The engine therefore
+runs in another process (a child engine or a remote server), and the module only sends it
+requests that are answered at once. A `Task` is a generator of such short steps (one request,
+or one segment's MRML update): the widget's timer calls `step()` every few tens of
+milliseconds, so Slicer stays responsive; the Python console and tests call `run()`, which
+steps it to the end. The generator reports progress and sees a cancel request through the
+`Task` it is given.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
 from typing import Any
 
 Progress = Callable[[int, int], None]
+Body = Callable[["Task"], Generator[None, None, Any]]
 
 
-def _identity(value: Any) -> Any:
-    return value
+class Task:
+    """Work in short steps: `step()` runs one, `run()` all of them."""
 
+    def __init__(self, title: str, body: Body, cancellable: bool = False) -> None:
+        self.title = title
+        self.cancellable = cancellable
+        self.progress: tuple[int, int] = (0, 0)
+        self.status = title
+        self.cancelRequested = False
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.errorDetails = ""
+        self._body = body
+        self._steps: Generator[None, None, Any] | None = None
 
-@dataclass
-class Job:
-    """A unit of long work: `run(progress, cancel)` off the UI thread, `finish(result)` on it."""
-
-    title: str
-    run: Callable[[Progress | None, threading.Event | None], Any]
-    finish: Callable[[Any], Any] = _identity
-
-    def __call__(self, progress: Progress | None = None,
-                 cancel: threading.Event | None = None) -> Any:
-        return self.finish(self.run(progress, cancel))
-
-
-class BackgroundTask:
-    """Runs a job's `run` part on a daemon thread; the owner calls `poll()` from its UI timer
-    and, once it reports done, `finish()` on the UI thread."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.cancel_event = threading.Event()
-        self._lock = threading.Lock()
-        self._progress: tuple[int, int] = (0, 0)
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._details = ""
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=f"SAM2Refine: {job.title}",
-                                        daemon=True)
-
-    def start(self) -> BackgroundTask:
-        self._thread.start()
-        return self
-
-    def _report(self, done: int, total: int) -> None:
-        with self._lock:
-            self._progress = (int(done), int(total))
-
-    def _work(self) -> None:
-        try:
-            self._result = self.job.run(self._report, self.cancel_event)
-        except BaseException as exc:  # reported to the UI thread by finish()
-            self._error = exc
-            self._details = traceback.format_exc()
-        finally:
-            self._done.set()
+    def report(self, done: int, total: int, status: str | None = None) -> None:
+        """Progress of the work (the widget's bar); `status` is what it is doing now."""
+        self.progress = (int(done), int(total))
+        if status:
+            self.status = status
 
     def cancel(self) -> None:
-        """Ask the work to stop at its next check (between slices, download chunks, ...)."""
-        self.cancel_event.set()
+        """Ask the work to stop at its next step (server jobs stop between slices)."""
+        self.cancelRequested = True
 
-    def poll(self) -> tuple[bool, int, int]:
-        """(done, progress done, progress total); safe to call from any thread."""
-        with self._lock:
-            done, total = self._progress
-        return self._done.is_set(), done, total
+    def step(self) -> bool:
+        """Run one short step; True once the task has finished (done or failed)."""
+        if self.finished:
+            return True
+        try:
+            if self._steps is None:
+                self._steps = self._body(self)
+            next(self._steps)
+        except StopIteration as stop:
+            self.result, self.finished = stop.value, True
+            if self.progress[1]:
+                self.progress = (self.progress[1], self.progress[1])
+        except Exception as exc:  # kept for the caller: the widget shows it in one line
+            self.error, self.errorDetails, self.finished = exc, traceback.format_exc(), True
+        return self.finished
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+    def outcome(self) -> Any:
+        """The result of a finished task, or its error raised again."""
+        if not self.finished:
+            raise RuntimeError(f"'{self.title}' is still running.")
+        if self.error is not None:
+            raise self.error
+        return self.result
 
-    def finish(self) -> Any:
-        """On the UI thread, once done: apply the result (MRML) or raise the worker's error."""
-        if not self._done.is_set():
-            raise RuntimeError(f"'{self.job.title}' is still running.")
-        if self._error is not None:
-            raise self._error
-        return self.job.finish(self._result)
+    def run(self, progress: Progress | None = None, cancel: threading.Event | None = None,
+            poll_s: float = 0.02) -> Any:
+        """Step to the end, sleeping `poll_s` between steps (Python console, tests)."""
+        while not self.step():
+            if cancel is not None and cancel.is_set():
+                self.cancel()
+            if progress is not None and self.progress[1]:
+                progress(*self.progress)
+            time.sleep(poll_s)
+        if progress is not None and self.progress[1] and self.error is None:
+            progress(*self.progress)
+        return self.outcome()
 
-    @property
-    def error_details(self) -> str:
-        """The worker's traceback, for the log (empty when it succeeded)."""
-        return self._details
+    def close(self) -> None:
+        """Abandon the task (its generator's cleanup runs)."""
+        if self._steps is not None:
+            self._steps.close()
+        self.finished = True
+
+
+def follow(task: Task, job, span: tuple[float, float] = (0.0, 1.0),
+           status: str | None = None, large: bool = False) -> Generator[None, None, Any]:
+    """Wait for a server job (`sam2refine.remote.stepwise.RemoteJob`), one poll per step: its
+    progress fills `span` of the task's bar, a cancel request is passed on to the server, and
+    its result is returned (a cancelled or failed job raises its error). A `large` answer
+    (whole volumes) is decoded a step after it arrived, so no step does both."""
+    cancelSent = False
+    while not job.finished:
+        if task.cancelRequested and not cancelSent and job.cancellable:
+            cancelSent = job.cancel()
+        done, total = job.progress
+        if total:
+            low, high = span
+            task.report(int(1000 * (low + (high - low) * done / total)), 1000, status)
+        elif status:
+            task.status = status
+        yield
+        job.poll()
+    if large:
+        yield
+    return job.result()
+

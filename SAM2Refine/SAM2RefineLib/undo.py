@@ -56,6 +56,8 @@ class UndoEntry:
     sent_points: list[tuple[str, str]] = field(default_factory=list)  # (node ID, point ID)
     created_node_ids: list[str] = field(default_factory=list)  # e.g. generated box ROIs
     created_segment_ids: list[str] = field(default_factory=list)  # removed again by undo
+    # segment -> its propagation range before the step (a 3D box sets one), None: no range
+    previous_ranges: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

@@ -1,60 +1,105 @@
-"""The widget's prompt tools (Slicer application only): + point, - point and box.
+"""The widget's prompt tools (Slicer application only): + point, - point, box, and the
+keyboard shortcuts of the module.
 
-Each tool puts Slicer's views into markups placement mode; when a point or an ROI is placed,
-the matching Logic job runs in the background. Nothing here computes anything.
+Each tool puts Slicer's views into markups placement on the selected segment's own prompt
+node; a placed point, or a box once both of its corners are in, starts the matching Logic
+task. Shortcuts live on the main window while the module is entered (as Segment Editor's do),
+so they work with the mouse over a slice view; placement and shortcuts end on exit.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-BOX_NODE_NAME = "SAM2Refine box"
+from SAM2RefineLib import promptnodes
+
+# key -> the widget method it triggers (module entered only). Not Slicer's slice-view keys.
+SHORTCUTS = {"A": "onPositivePointKey", "X": "onNegativePointKey", "W": "onBoxKey",
+             "M": "onMaskFromSegment", "L": "onLockKey", "P": "onPropagate",
+             "Ctrl+Z": "onUndo"}
 
 
 class PromptTools:
-    """Placement modes and placement observers for the module widget."""
+    """Placement modes, placement observers and shortcuts of the module widget."""
 
     def __init__(self, widget) -> None:
         self.widget = widget
-        self._observed: list[tuple[object, int]] = []
-        self.boxNode = None
+        self.placement = None  # BoxPlacement of the box being drawn
+        self.shortcuts: list = []
+        self._pointNodesObserved: set[str] = set()
 
-    # ----- tool buttons --------------------------------------------------------------------
+    # ----- shortcuts ---------------------------------------------------------------------------
+    def installShortcuts(self) -> None:
+        import qt
+        import slicer
+
+        self.removeShortcuts()
+        for key, method in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", getattr(self.widget, method))
+            self.shortcuts.append(shortcut)
+
+    def removeShortcuts(self) -> None:
+        for shortcut in self.shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self.shortcuts = []
+
+    # ----- tool buttons ------------------------------------------------------------------------
     def onPositivePoint(self, checked: bool) -> None:  # noqa: N802 (Qt slot naming)
-        self._toggle(checked, self.widget.ui.positivePointButton, self._pointNodes()[0])
+        self._toggle(checked, self.widget.ui.positivePointButton, "include")
 
-    def onNegativePoint(self, checked: bool) -> None:  # noqa: N802
-        self._toggle(checked, self.widget.ui.negativePointButton, self._pointNodes()[1])
+    def onNegativePoint(self, checked: bool) -> None:
+        self._toggle(checked, self.widget.ui.negativePointButton, "exclude")
 
-    def onBox(self, checked: bool) -> None:  # noqa: N802
-        node = None
-        if checked:
-            import slicer
+    def onBox(self, checked: bool) -> None:
+        self._toggle(checked, self.widget.ui.boxButton, "box")
 
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", BOX_NODE_NAME)
-            node.CreateDefaultDisplayNodes()
-            self.boxNode = node
-        self._toggle(checked, self.widget.ui.boxButton, node)
-
-    def _pointNodes(self):
-        nodes = self.widget.logic.pointNodes()
-        for node in nodes:
-            if not self.widget.hasObserver(node, node.PointPositionDefinedEvent, self._onPoint):
-                self.widget.addObserver(node, node.PointPositionDefinedEvent, self._onPoint)
-        return nodes
-
-    def _toggle(self, checked: bool, button, node) -> None:
+    def activeRole(self) -> str | None:
         ui = self.widget.ui
-        for other in (ui.positivePointButton, ui.negativePointButton, ui.boxButton):
-            if other is not button and other.checked:
-                other.blockSignals(True)
-                other.checked = False
-                other.blockSignals(False)
-        if not checked or node is None:
+        for button, role in ((ui.positivePointButton, "include"),
+                             (ui.negativePointButton, "exclude"), (ui.boxButton, "box")):
+            if button.checked:
+                return role
+        return None
+
+    def onSegmentChanged(self) -> None:
+        """Another segment was selected: keep the tool, on that segment's own node."""
+        role = self.activeRole()
+        if role is not None:
+            self._toggle(True, self._button(role), role)
+
+    def _button(self, role: str):
+        ui = self.widget.ui
+        return {"include": ui.positivePointButton, "exclude": ui.negativePointButton,
+                "box": ui.boxButton}[role]
+
+    def _toggle(self, checked: bool, button, role: str) -> None:
+        for other in ("include", "exclude", "box"):
+            other_button = self._button(other)
+            if other_button is not button and other_button.checked:
+                other_button.blockSignals(True)
+                other_button.checked = False
+                other_button.blockSignals(False)
+        self._dropUnfinishedBox()
+        segmentId = self.widget.currentSegmentId()
+        if not checked or segmentId is None:
+            if checked:
+                self.widget.showStatus("Select (or add) a segment first.")
+                button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(False)
             self._placeMode(None)
             return
-        if node.IsA("vtkMRMLMarkupsROINode"):
-            self.widget.addObserver(node, node.PointPositionDefinedEvent, self._onBox)
+        logic = self.widget.logic
+        if role == "box":
+            node = promptnodes.new_box_node(logic.scene, logic._segmentation(), segmentId)
+            self.placement = promptnodes.BoxPlacement(node, self._onBoxComplete)
+        else:
+            node = logic.pointNodes(segmentId)[0 if role == "include" else 1]
+            if node.GetID() not in self._pointNodesObserved:
+                self.widget.addObserver(node, node.PointPositionDefinedEvent, self._onPoint)
+                self._pointNodesObserved.add(node.GetID())
         self._placeMode(node)
 
     @staticmethod
@@ -72,30 +117,38 @@ class PromptTools:
         interaction.SetPlaceModePersistence(not node.IsA("vtkMRMLMarkupsROINode"))
         interaction.SetCurrentInteractionMode(interaction.Place)
 
+    def _dropUnfinishedBox(self) -> None:
+        placement, self.placement = self.placement, None
+        if placement is not None and not placement.done:
+            placement.stop()
+            with contextlib.suppress(AttributeError):  # scene already closed
+                scene = placement.roi.GetScene()
+                if scene is not None:
+                    scene.RemoveNode(placement.roi)
+
     def stop(self) -> None:
         """Leave placement mode (module exit, scene close)."""
-        for button in (self.widget.ui.positivePointButton, self.widget.ui.negativePointButton,
-                       self.widget.ui.boxButton):
+        for role in ("include", "exclude", "box"):
+            button = self._button(role)
+            button.blockSignals(True)
             button.checked = False
+            button.blockSignals(False)
+        self._dropUnfinishedBox()
+        self._pointNodesObserved.clear()
         with contextlib.suppress(AttributeError):  # application shutting down
             self._placeMode(None)
 
-    # ----- placement events ----------------------------------------------------------------
+    # ----- placement events --------------------------------------------------------------------
     def _onPoint(self, caller, event) -> None:
-        widget, segmentId = self.widget, self.widget.currentSegmentId()
-        if segmentId is None:
-            widget.showStatus("Select (or add) a segment before placing points.")
-            return
-        positive, negative = widget.logic.pointNodes()
-        widget.withSession(lambda: widget.guarded(
-            lambda: widget.logic.addPointsJob(segmentId, positive, negative)))
+        segmentId = caller.GetAttribute(promptnodes.SEGMENT)
+        self.widget.requestPoints(segmentId)
 
-    def _onBox(self, caller, event) -> None:
-        widget, segmentId, roi = self.widget, self.widget.currentSegmentId(), caller
-        widget.removeObserver(roi, roi.PointPositionDefinedEvent, self._onBox)
-        widget.ui.boxButton.checked = False
-        if segmentId is None:
-            widget.showStatus("Select (or add) a segment before drawing a box.")
-            return
-        widget.withSession(lambda: widget.guarded(
-            lambda: widget.logic.setBoxJob(segmentId, roi)))
+    def _onBoxComplete(self, roi) -> None:
+        self.placement = None
+        self._placeMode(None)
+        button = self.widget.ui.boxButton
+        button.blockSignals(True)
+        button.checked = False
+        button.blockSignals(False)
+        segmentId = roi.GetAttribute(promptnodes.SEGMENT)
+        self.widget.runLogic(lambda: self.widget.logic.setBoxTask(segmentId, roi))

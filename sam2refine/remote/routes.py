@@ -26,6 +26,7 @@ from sam2refine.remote.http import (
     auth_dependency,
     read_body,
 )
+from sam2refine.remote.job_routes import job_routes
 from sam2refine.remote.jobs import Engine
 from sam2refine.remote.wire import (
     decode_mask,
@@ -176,4 +177,5 @@ def session_routes(engine: Engine, model: Any, token: str | None, max_upload_byt
         job.cancel.set()
         return job.to_json()
 
+    job_routes(api, engine, model, max_upload_bytes, max_volume_bytes)  # uploads, verb jobs, auto
     return api

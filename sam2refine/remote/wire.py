@@ -17,6 +17,7 @@ import io
 import math
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -237,3 +238,109 @@ def object_info_from_json(data: dict) -> ObjectInfo:
     return ObjectInfo(int(data["obj_id"]), str(data["name"]), bool(data["locked"]),
                       [int(f) for f in data["prompted_frames"]],
                       [int(f) for f in data["tracked_frames"]])
+
+
+# ----- Auto-segment results ----------------------------------------------------------------
+@dataclass
+class StageLabels:
+    """One stage of a remote Auto-segment: labels on the image grid ([k, j, i], values = the
+    organs' object ids), the boxes it prompted with {organ: {frame: (r0, c0, r1, c1)}}, its
+    clicks {organ: {frame: [(row, col, 1/0)]}} and how long it took."""
+
+    name: str
+    labels: np.ndarray
+    boxes: dict[str, dict[int, tuple[int, int, int, int]]]
+    seconds: float
+    points: dict[str, dict[int, list[tuple[int, int, int]]]] = field(default_factory=dict)
+
+
+@dataclass
+class OrganPlan:
+    """What SAM 2 was last given for one organ (the fields of `auto.stages.OrganPrompts`)."""
+
+    name: str
+    label: int
+    frame_range: tuple[int, int]
+    key_frames: list[int]
+    obj_id: int
+    boxes: dict[int, tuple[int, int, int, int]]
+    points: dict[int, list[tuple[int, int, int]]]
+    mask_frames: list[int]
+
+
+@dataclass
+class AutoOutcome:
+    """A remote Auto-segment's answer: every stage (the proposals first), the prompts per
+    organ, the prompt source's description and the organs it found nothing of."""
+
+    stages: list[StageLabels]
+    prompts: dict[str, OrganPlan]
+    source: str
+    skipped: list[str]
+
+    @property
+    def unet(self) -> StageLabels:
+        return self.stages[0]
+
+    @property
+    def final(self) -> StageLabels:
+        return self.stages[-1]
+
+
+def _boxes_to_json(by_frame: dict) -> dict[str, list[int]]:
+    return {str(int(f)): [int(v) for v in box] for f, box in by_frame.items()}
+
+
+def _clicks_to_json(by_frame: dict) -> dict[str, list[list[int]]]:
+    return {str(int(f)): [[int(v) for v in click] for click in clicks]
+            for f, clicks in by_frame.items()}
+
+
+def _boxes_from_json(data: dict) -> dict[int, tuple[int, int, int, int]]:
+    return {int(f): tuple(int(v) for v in box) for f, box in data.items()}
+
+
+def _clicks_from_json(data: dict) -> dict[int, list[tuple[int, int, int]]]:
+    return {int(f): [tuple(int(v) for v in c) for c in clicks] for f, clicks in data.items()}
+
+
+def auto_result_to_json(result) -> dict:  # noqa: ANN001 - an auto.pipeline.AutoResult
+    """An `AutoResult` as JSON: each stage's label volume as a deflated `.npz` in base64."""
+    def labels(stage) -> str:  # noqa: ANN001
+        packed = pack_arrays({"labels": np.ascontiguousarray(stage.label_volume.voxels)})
+        return base64.b64encode(packed).decode("ascii")
+
+    return {
+        "source": result.source, "skipped": list(result.skipped),
+        "stages": [{"name": s.name, "seconds": float(s.seconds), "labels": labels(s),
+                    "boxes": {o: _boxes_to_json(b) for o, b in s.boxes.items()},
+                    "points": {o: _clicks_to_json(p) for o, p in s.points.items()}}
+                   for s in result.stages],
+        "prompts": {name: {"name": p.name, "label": int(p.label),
+                           "frame_range": [int(v) for v in p.frame_range],
+                           "key_frames": [int(f) for f in p.key_frames], "obj_id": int(p.obj_id),
+                           "boxes": _boxes_to_json(p.boxes), "points": _clicks_to_json(p.points),
+                           "mask_frames": [int(f) for f in p.mask_frames]}
+                    for name, p in result.prompts.items()},
+    }
+
+
+def auto_result_from_json(data: dict, max_bytes: int = 1 << 34) -> AutoOutcome:
+    """Inverse of `auto_result_to_json` (torch-free: what the client gets back)."""
+    try:
+        stages = []
+        for s in data["stages"]:
+            raw = base64.b64decode(s["labels"], validate=True)
+            stages.append(StageLabels(
+                str(s["name"]), unpack_arrays(raw, ("labels",), max_bytes)["labels"],
+                {o: _boxes_from_json(b) for o, b in s["boxes"].items()}, float(s["seconds"]),
+                {o: _clicks_from_json(p) for o, p in s["points"].items()}))
+        prompts = {name: OrganPlan(
+            str(p["name"]), int(p["label"]), (int(p["frame_range"][0]), int(p["frame_range"][1])),
+            [int(f) for f in p["key_frames"]], int(p["obj_id"]), _boxes_from_json(p["boxes"]),
+            _clicks_from_json(p["points"]), [int(f) for f in p["mask_frames"]])
+            for name, p in data["prompts"].items()}
+        return AutoOutcome(stages, prompts, str(data["source"]), [str(s) for s in data["skipped"]])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RequestError(f"Malformed Auto-segment answer from the server ({exc}); check that "
+                           "the client and server versions match.") from exc

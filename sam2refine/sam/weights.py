@@ -31,8 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from sam2refine.errors import CancelledError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -253,6 +251,8 @@ def _stream(entry: WeightsEntry, url: str, final: Path, part: Path, progress: bo
                 f"{url} offers {total} bytes but the official {entry.name} file has "
                 f"{entry.size_bytes}: not the expected file (wrong mirror?). Nothing was saved."
             )
+        from tqdm import tqdm  # here, so the catalogue lists without it (Slicer's Python)
+
         read = getattr(response, "read1", response.read)  # read1: return as data arrives
         with _open_part(part) as out, tqdm(
             total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.filename,

@@ -1,6 +1,8 @@
 """Slicer's core libraries (the `slicer-core` wheel: MRML, logics, no Qt) wired the way a
 Slicer application does it (as trame-slicer's SlicerApp does), and the SAM2Refine module on
-the import path, so the module's Logic runs here exactly as in Slicer's Python console."""
+the import path, so the module's Logic runs here exactly as in Slicer's Python console; and a
+real child engine process (`sam2refine serve` with the random-init tiny checkpoint at 256 px)
+that the Logic talks to as it does in Slicer's local mode."""
 
 from __future__ import annotations
 
@@ -97,13 +99,45 @@ def module(slicer_core):
     return SAM2Refine
 
 
+def engine_settings(checkpoint):
+    from sam2refine import EngineSettings
+    from tests.conftest import TEST_IMAGE_SIZE
+
+    return EngineSettings(checkpoint=str(checkpoint), image_size=TEST_IMAGE_SIZE, device="cpu")
+
+
 @pytest.fixture(scope="session")
-def start_logic(module, tiny_model):
-    """start_logic(scene, volume_node): a Logic on `scene` with a session on the node, using
-    the tiny SAM 2 model."""
-    def start(scene, volume_node):
-        logic = module.SAM2RefineLogic(scene)
-        logic.setModel(tiny_model)
+def engine(tiny_checkpoint, tmp_path_factory):
+    """One child engine process for the session's tests (each test opens its own sessions
+    on it and closes them)."""
+    from sam2refine import LocalEngine
+
+    child = LocalEngine(engine_settings(tiny_checkpoint), python=sys.executable,
+                        log_path=tmp_path_factory.mktemp("engine") / "engine.log")
+    child.start()
+    child.wait_ready(timeout=300)
+    yield child
+    child.stop()
+
+
+def open_logic(module, scene, engine, volume_node=None):
+    """A Logic on `scene` using `engine`, with a session on `volume_node` if given."""
+    logic = module.SAM2RefineLogic(scene)
+    logic.useEngine(engine)
+    if volume_node is not None:
         logic.startSession(volume_node)
-        return logic
-    return start
+    return logic
+
+
+@pytest.fixture
+def start_logic(module, engine):
+    """start_logic(scene, volume_node): a Logic with a session on the node (closed after the
+    test)."""
+    made = []
+
+    def start(scene, volume_node):
+        made.append(open_logic(module, scene, engine, volume_node))
+        return made[-1]
+    yield start
+    for logic in made:
+        logic.closeSession()

@@ -1,8 +1,9 @@
 """The Logic's Auto-segment against Slicer's real core, on the shared real CT seeded by its
-TotalSegmentator labels (cut to a few slices, to keep the test fast), with the random-init
-SAM 2.1 tiny at 256 px: the segments equal the engine's own result voxel for voxel, stage
-outputs and boxes are shown, one undo step, locked segments untouched, and the DICOM-SEG
-algorithm type follows who made the segmentation."""
+TotalSegmentator labels (cut to a few slices, to keep the test fast), run by a real child
+engine process (random-init SAM 2.1 tiny at 256 px) or a remote server alike: the segments
+equal the engine's own in-process result voxel for voxel, stage outputs and boxes are shown,
+one undo step, locked segments untouched, and the DICOM-SEG algorithm type follows who made
+the segmentation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sam2refine.auto.pipeline import auto_segment
 from sam2refine.auto.sources import LabelFilePromptSource
 from sam2refine.image.reading import load_volume
 from sam2refine.sam.session import Session
+from tests.slicer.conftest import open_logic
 
 ORGAN = "gallbladder"
 ARGS = {"organs": [ORGAN], "stages": 2, "margin": 1}
@@ -46,14 +48,15 @@ def reference(tiny_model, paths):
 
 
 @pytest.fixture(scope="module")
-def scenario(slicer_core, start_logic, paths):
+def scenario(slicer_core, module, engine, paths):
     slicer_core.scene.Clear(0)
     node = slicer_core.load_volume(paths[0])
-    logic = start_logic(slicer_core.scene, node)
+    logic = open_logic(module, slicer_core.scene, engine, node)
     steps = []
     message = logic.autoSegment(str(paths[1]), progress=lambda d, t: steps.append((d, t)),
                                 **ARGS)
-    return logic, node, message, steps
+    yield logic, node, message, steps
+    logic.closeSession()
 
 
 def segment_id(logic, name):
@@ -65,7 +68,7 @@ def test_segments_equal_the_engine_result_and_stages_are_shown(scenario, referen
 
     logic, node, message, steps = scenario
     assert message.startswith("Auto-segmented 1 organ(s) from the label file short.nii.gz")
-    assert steps[-1] == (300, 300)
+    assert steps[-1] == (1000, 1000) and len(steps) > 3  # progress while the server worked
     organ = reference.prompts[ORGAN]
     seg = segment_id(logic, ORGAN)
     expected = reference.final.label_volume.voxels == organ.obj_id
@@ -89,12 +92,16 @@ def test_segments_equal_the_engine_result_and_stages_are_shown(scenario, referen
 
 
 def test_dicom_seg_algorithm_type_follows_who_made_it(scenario, monkeypatch, tmp_path):
-    import sam2refine.io.dicomseg
+    from SAM2RefineLib import backends
+    from SAM2RefineLib.tasks import Task
 
     logic, node, _, _ = scenario
     seen = []
-    monkeypatch.setattr(sam2refine.io.dicomseg, "export_dicom_seg",
-                        lambda *a, algorithm_type, **k: seen.append(algorithm_type))
+
+    def export(*args, algorithm_type, **kwargs):
+        seen.append(algorithm_type)
+        return Task("export", lambda task: iter(()))
+    monkeypatch.setattr(backends, "export_dicom_seg_task", export)
     logic.exportDicomSeg(tmp_path / "a.dcm", tmp_path)
     assert logic.algorithmType() == "AUTOMATIC" and seen == ["AUTOMATIC"]
     # Undo takes the whole auto-segment back: the segment it created, shown nodes, its objects.
@@ -107,12 +114,12 @@ def test_dicom_seg_algorithm_type_follows_who_made_it(scenario, monkeypatch, tmp
     assert logic.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
     assert logic.scene.GetFirstNodeByName("CT auto proposals") is None
     # A person prompting makes it semi-automatic.
-    logic.addSegment(ORGAN)
-    positive, negative = logic.pointNodes()
+    organ = logic.addSegment(ORGAN)
     from SAM2RefineLib.volumes import ijk_to_ras
 
+    positive = logic.pointNodes(organ)[0]
     positive.AddControlPoint(*(ijk_to_ras(node) @ np.array([77, 57, 24, 1.0]))[:3])
-    logic.addPoints(segment_id(logic, ORGAN), positive, negative)
+    logic.addPoints(organ)
     logic.exportDicomSeg(tmp_path / "b.dcm", tmp_path)
     assert seen == ["AUTOMATIC", "SEMIAUTOMATIC"]
 
@@ -152,15 +159,15 @@ def test_locked_segments_are_left_alone(core, start_logic, paths):
     np.testing.assert_array_equal(logic.segmentMask(manual), painted)
 
 
-def test_remote_sessions_say_auto_segment_is_not_available_there(core, module, tiny_model,
-                                                                  paths):
-    from SAM2RefineLib.backends import AutoSegmentUnavailableError
-
+def test_auto_segment_runs_on_a_remote_server_too(core, module, engine, tiny_model, paths,
+                                                  reference):
+    """The same step against a server at a URL (Slicer's remote mode): the same segments."""
     from sam2refine.remote.server import ServerThread, create_app
 
+    expected = reference.final.label_volume.voxels == reference.prompts[ORGAN].obj_id
     with ServerThread(create_app(tiny_model)) as url:
-        logic = module.SAM2RefineLogic(core.scene)
+        logic = open_logic(module, core.scene, engine)
         logic.startSession(core.load_volume(paths[0]), serverUrl=url)
-        with pytest.raises(AutoSegmentUnavailableError, match="not available on a remote"):
-            logic.autoSegmentJob(str(paths[1]))
+        logic.autoSegment(str(paths[1]), showStages=False, **ARGS)
+        np.testing.assert_array_equal(logic.segmentMask(segment_id(logic, ORGAN)), expected)
         logic.closeSession()

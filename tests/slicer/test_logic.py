@@ -1,14 +1,16 @@
 """The module's Logic against Slicer's real core (slicer-core: MRML nodes, segmentations,
-markups, storage nodes) on the shared real CT, with the random-init SAM 2.1 tiny at 256 px.
+markups, storage nodes) on the shared real CT, with a real child engine process serving the
+random-init SAM 2.1 tiny at 256 px (Slicer's local mode).
 
 Prompts are placed the way a user places them (fiducials and ROIs in RAS), and every result
-is compared with an engine `Session` driven directly in voxel coordinates with the same model:
-equal arrays mean the whole chain (volume node -> engine volume, markups -> prompts, results
--> segment labelmaps on Slicer's grid) is right, voxel for voxel.
+is compared with an engine `Session` driven directly in voxel coordinates in this process with
+the same weights: equal arrays mean the whole chain (volume node -> engine volume -> upload,
+markups -> prompts, results -> segment labelmaps on Slicer's grid) is right, voxel for voxel.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 
 from sam2refine.image.reading import load_volume
 from sam2refine.sam.session import Session
+from tests.slicer.conftest import open_logic
 
 LIVER_POINT = (77, 57, 24)  # ijk, inside the liver (examples/example_ct_sm.prompts.json)
 SPLEEN_BOX = ((10, 22, 22), (39, 51, 22))
@@ -57,17 +60,16 @@ def reference(tiny_model, ct_path):
     return steps
 
 
-def run_scenario(core, module, model, ct_path, **session_args):
+def run_scenario(core, module, engine, ct_path, **session_args):
     """Points on the liver, a box on the spleen, propagation; returns the states seen."""
     node = core.load_volume(ct_path)
-    logic = module.SAM2RefineLogic(core.scene)
-    logic.setModel(model)
+    logic = open_logic(module, core.scene, engine)
     logic.startSession(node, **session_args)
     liver, spleen = logic.addSegment("liver"), logic.addSegment("spleen")
-    positive, negative = logic.pointNodes()
+    positive, _ = logic.pointNodes(liver)
     place_point(node, positive, LIVER_POINT)
     states = {"empty": (logic.segmentMask(liver), logic.segmentMask(spleen))}
-    points = logic.addPoints(liver, positive, negative)
+    points = logic.addPoints(liver)
     states["points"] = (logic.segmentMask(liver), logic.segmentMask(spleen))
     box = logic.setBox(spleen, place_roi(core, node, *SPLEEN_BOX))
     states["box"] = (logic.segmentMask(liver), logic.segmentMask(spleen))
@@ -77,9 +79,11 @@ def run_scenario(core, module, model, ct_path, **session_args):
 
 
 @pytest.fixture(scope="module")
-def scenario(slicer_core, module, tiny_model, ct_path):
+def scenario(slicer_core, module, engine, ct_path):
     slicer_core.scene.Clear(0)
-    return run_scenario(slicer_core, module, tiny_model, ct_path)
+    found = run_scenario(slicer_core, module, engine, ct_path)
+    yield found
+    found[0].closeSession()
 
 
 def test_volume_node_is_the_engine_volume(core, ct_path):
@@ -143,7 +147,7 @@ def test_seg_nrrd_reads_back_identically(scenario, tmp_path):
 
 def test_undo_restores_each_previous_state(scenario, module, slicer_core):
     logic, node, (liver, spleen), _, states = scenario
-    positive, _ = logic.pointNodes()
+    positive, _ = logic.pointNodes(liver)
     assert logic.undoStack.labels() == ["Points on liver", "Box on spleen", "Propagate"]
     for expected in ("box", "points", "empty"):
         logic.undo()
@@ -169,7 +173,6 @@ def test_locked_segments_are_never_overwritten(core, start_logic, ct_path):
     write_segment(logic.segmentationNode, kept, node, painted)
     logic.setMaskFromSegment(kept, mode="exact")
     logic.setSegmentLocked(kept)
-    assert logic.session.describe()[0].locked
     before = logic.segmentMask(kept)
     result = logic.setBox(other, place_roi(core, node, (30, 20, 24), (100, 90, 24)))
     assert result.mask.sum() > 0
@@ -215,20 +218,25 @@ def test_exact_mask_prompt_keeps_physical_voxels(core, start_logic, totalseg_dir
     assert core.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
 
 
-def test_remote_session_gives_the_same_segments(core, module, tiny_model, ct_path, scenario):
-    pytest.importorskip("sam2refine.remote.client")
+def test_remote_server_gives_the_same_segments(core, module, engine, tiny_model, ct_path,
+                                               scenario):
+    """Remote mode (a server at a URL, with a token) runs the very same steps."""
+    from SAM2RefineLib import backends
+
     from sam2refine.remote.server import ServerThread, create_app
 
     with ServerThread(create_app(tiny_model, token="secret")) as url:
         logic, node, (liver, spleen), (points, box), states = run_scenario(
-            core, module, None, ct_path, serverUrl=url, token="secret")
-        assert type(logic.session).__name__ == "RemoteSession"
+            core, module, engine, ct_path, serverUrl=url, token="secret")
+        assert logic.link.mode == "remote" and logic.session.client.url == url
         for name in ("points", "box", "propagated"):
             np.testing.assert_array_equal(states[name][0], scenario[4][name][0])
             np.testing.assert_array_equal(states[name][1], scenario[4][name][1])
         logic.undo()
         np.testing.assert_array_equal(logic.segmentMask(liver), scenario[4]["box"][0])
-        assert "Connected" in module.SAM2RefineLogic().testConnectionJob(url, "secret")()
+        assert "Connected" in backends.test_connection_task(url, "secret").run()
+        with pytest.raises(Exception, match="Wrong access token"):
+            backends.test_connection_task(url, "wrong").run()
         logic.closeSession()
 
 
@@ -236,24 +244,28 @@ def test_cancelled_propagation_keeps_finished_slices(core, start_logic, ct_path)
     node = core.load_volume(ct_path)
     logic = start_logic(core.scene, node)
     liver = logic.addSegment("liver")
-    positive, negative = logic.pointNodes()
-    place_point(node, positive, LIVER_POINT)
-    logic.addPoints(liver, positive, negative)
+    place_point(node, logic.pointNodes(liver)[0], LIVER_POINT)
+    logic.addPoints(liver)
     cancel = threading.Event()
-    message = logic.propagate(frameRange=(22, 26), progress=lambda done, total: cancel.set(),
+    message = logic.propagate(frameRange=(14, 29), progress=lambda done, total: cancel.set(),
                               cancel=cancel)
-    assert "cancelled after 1 of" in message
+    done = int(message.split("cancelled after ")[1].split(" of ")[0])
+    assert 1 <= done < 15, message
     frames = logic.stack.frames(logic.segmentMask(liver)).reshape(logic.stack.num_frames, -1)
-    assert sorted(np.nonzero(frames.any(1))[0].tolist()) == [24, 25]
+    filled = set(np.nonzero(frames.any(1))[0].tolist())
+    tracked = logic.session.object(logic.objectIds[liver]).tracked_frames
+    assert len(tracked) == done  # the server stopped between slices, and kept those done
+    assert 24 in filled and filled <= {24, *tracked}
+    assert logic.undoStack.labels()[-1] == "Propagate"
 
 
 def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir, tmp_path):
     pytest.importorskip("highdicom")
     import highdicom as hd
+    from SAM2RefineLib.processes import ProcessError
     from SAM2RefineLib.segments import write_segment
     from SAM2RefineLib.volumes import ras_matrix_of
 
-    from sam2refine.errors import ExportError
     from tests.io.test_dicomseg import standard_axial, write_dicom_series
 
     series = tmp_path / "series"
@@ -267,7 +279,7 @@ def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir,
     write_segment(logic.segmentationNode, liver, node, drawn)
     with pytest.raises(ValueError, match="not loaded from DICOM"):
         logic.exportDicomSeg(tmp_path / "x.dcm")
-    with pytest.raises(ExportError, match="StudyInstanceUID"):  # the anonymised shared series
+    with pytest.raises(ProcessError, match="StudyInstanceUID"):  # the anonymised shared series
         logic.exportDicomSeg(tmp_path / "x.dcm", totalseg_dir / "example_ct_dicom")
     path = logic.exportDicomSeg(tmp_path / "seg.dcm", series)
     seg = hd.seg.segread(str(path))
@@ -276,13 +288,15 @@ def test_dicom_seg_export_references_the_series(core, start_logic, totalseg_dir,
     assert int(np.count_nonzero(seg.pixel_array)) == int(drawn.sum())
 
 
-def test_model_loads_with_fine_tuned_adapters(module, tiny_checkpoint, tmp_path):
+def test_engine_serves_fine_tuned_adapters(core, module, tiny_checkpoint, tmp_path, ct_path):
+    """The child engine loads adapters on top of its checkpoint: the Logic's masks equal the
+    adapted model's in this process; a missing adapters file is said in one line."""
     import torch
 
-    from sam2refine.errors import AdapterError
+    from sam2refine.remote.local_engine import EngineStoppedError
     from sam2refine.sam.adapter_files import save_adapters
     from sam2refine.sam.adapters import add_adapters, named_adapters
-    from sam2refine.sam.model import build_model
+    from sam2refine.sam.model import build_model, load_model
     from sam2refine.sam.weights import sha256_file
     from tests.conftest import TEST_IMAGE_SIZE
 
@@ -295,15 +309,25 @@ def test_model_loads_with_fine_tuned_adapters(module, tiny_checkpoint, tmp_path)
                          base_model_name="sam2.1_hiera_tiny",
                          base_checkpoint_sha256=sha256_file(tiny_checkpoint),
                          image_size=TEST_IMAGE_SIZE)
-    logic = module.SAM2RefineLogic()
-    model = logic.loadModelJob("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
-                               adapters=str(path))()
-    assert logic.model is model
-    loaded = dict(named_adapters(model))
-    assert loaded.keys() == dict(named_adapters(base)).keys()
-    for name, adapter in named_adapters(base):
-        for a, b in zip(adapter.parameters(), loaded[name].parameters()):
-            assert torch.equal(a, b)
-    with pytest.raises(AdapterError, match="not found"):
-        logic.loadModelJob("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
-                           adapters=str(tmp_path / "missing.safetensors"))()
+    adapted = load_model("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, tiny_checkpoint, "cpu",
+                         adapters=path)
+    want = Session(adapted, load_volume(ct_path))
+    want = want.add_points(want.add_object("liver"), [LIVER_POINT], [1])[0].mask
+    node = core.load_volume(ct_path)
+    logic = module.SAM2RefineLogic(core.scene)
+    logic.configureLocal("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
+                         adapters=str(path), python=sys.executable)
+    try:
+        logic.startSession(node)
+        liver = logic.addSegment("liver")
+        place_point(node, logic.pointNodes(liver)[0], LIVER_POINT)
+        (got,) = logic.addPoints(liver)
+        np.testing.assert_array_equal(got.mask, want)
+        logic.configureLocal("sam2.1_hiera_tiny", TEST_IMAGE_SIZE, str(tiny_checkpoint), "cpu",
+                             adapters=str(tmp_path / "missing.safetensors"),
+                             python=sys.executable)
+        with pytest.raises(EngineStoppedError) as caught:
+            logic.startSession(node)
+        assert "missing.safetensors" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        logic.shutdown()
